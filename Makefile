@@ -1,0 +1,77 @@
+# Entry commands. From a fresh Debian machine (as root):
+#   make demo    venv, local stack, simulated glass line, pipeline; Ctrl-C stops the demo
+#   make test    venv, local stack, the whole suite, then lint
+#   make down    stop the stack (Kafka, Mosquitto);  make clean  also removes .stack/
+# The stack keeps running between commands: `make test` twice starts it once.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+STACK := $(PY) -m data_ingestion stack
+CONFIG ?= data_ingestion_config.json
+# Another broker on the default ports? `make test KAFKA_PORT=19092 MQTT_PORT=11883`
+# (the test fixtures find the stack's ports through `stack status`).
+KAFKA_PORT ?= 9092
+MQTT_PORT ?= 1883
+
+.PHONY: help venv system-deps stack lint test demo bench down clean
+
+help:
+	@echo "make demo | test | lint | bench | stack | down | clean | venv | system-deps"
+
+# Mosquitto (and the venv module) come from apt; Java, Maven and Go are checked
+# only: Debian's Go is too old to build Prism.
+system-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+	@ok=1; \
+	command -v java >/dev/null || { echo "java is missing: install Java 17+ (apt-get install openjdk-17-jre-headless)"; ok=0; }; \
+	command -v mvn >/dev/null || { echo "mvn is missing: install Maven 3.8+ (apt-get install maven); it fetches the Kafka jars"; ok=0; }; \
+	command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || { echo "go is missing: install Go 1.22+ from go.dev; it builds the Prism runner"; ok=0; }; \
+	[ $$ok = 1 ] || { echo "system-deps: install the tools above, then rerun make"; exit 1; }
+
+venv: $(STAMP)
+
+# Reinstalls only when the requirements or the packaging change.
+$(STAMP): requirements.txt requirements-dev.txt $(wildcard setup.py pyproject.toml setup.cfg) | system-deps
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -e .
+	touch $@
+
+stack: system-deps venv
+	$(STACK) jars
+	$(STACK) prism
+	$(STACK) up --kafka-port $(KAFKA_PORT) --mqtt-port $(MQTT_PORT)
+
+lint: venv
+	$(VENV)/bin/black --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: stack
+	$(VENV)/bin/pytest -q
+	$(MAKE) --no-print-directory lint
+
+demo: stack
+	$(PY) -m data_ingestion demo --config $(CONFIG)
+
+bench: stack
+	$(PY) -m benchmarks
+
+# Without a venv nothing can have been started by `stack up`.
+down:
+	@if [ -x $(PY) ]; then $(STACK) down; fi
+
+clean: down
+	rm -rf .stack

@@ -1,0 +1,413 @@
+"""The machinery every unbounded source shares, written once.
+
+Industrial sources are live connections, not replayable files. Each source
+kind (MQTT, OPC UA, Modbus, camera) is a Beam
+`apache_beam.io.unbounded_source.UnboundedSource` whose reader owns one
+protocol client; this module holds what they have in common:
+
+- `Backoff`: capped exponential reconnect delays with full jitter, so a plant
+  full of clients does not hammer a broker that just came back in lockstep.
+- `ReceiveBuffer`: the bounded queue between a receiver thread and the Beam
+  thread. `put` blocks when full (backpressure reaches the socket), `drain`
+  never blocks.
+- `run_connection_loop`: connect, serve, and on any failure log once, wait the
+  backoff and reconnect, until stopped.
+- `Receiver`: one live connection per source and process, on a background
+  thread, filling a `ReceiveBuffer`; a new reader takes it over.
+- `PushReader`: an `UnboundedReader` over a receiver's buffer. One element is a
+  *batch* of received items (Beam Python costs about a microsecond per element
+  per step, so one element per message caps throughput); `advance()` never
+  blocks; the watermark follows receive time and moves to `now - max_skew`
+  when idle so downstream windows close.
+- `AckCheckpointMark`: a checkpoint that acknowledges upstream only in
+  `finalize_checkpoint`, i.e. after the runner committed the bundle that
+  carried the records. It names its source's receiver by key, so a mark the
+  runner encoded and decoded still finds the connection to acknowledge on; a
+  mark from an older connection acknowledges nothing (the broker redelivers
+  those messages instead: at-least-once).
+
+A connector subclasses `Receiver` (`_receive(stop)`, the thread's body, and
+`_acknowledge(generation, handles)`) and builds a `PushReader` with a factory.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from apache_beam import coders
+from apache_beam.io.unbounded_source import CheckpointMark, UnboundedReader
+from apache_beam.utils.timestamp import Timestamp
+
+__all__ = [
+    "Backoff",
+    "ReceiveBuffer",
+    "run_connection_loop",
+    "Receiver",
+    "PushReader",
+    "AckCheckpointMark",
+    "AckCheckpointMarkCoder",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+_DEFAULT_BACKOFF_INITIAL_SECONDS = 0.5
+_DEFAULT_BACKOFF_MAX_SECONDS = 30.0
+_DEFAULT_MAX_BATCH = 1000
+_PUT_WAIT_SECONDS = 0.2
+
+T = TypeVar("T")
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter.
+
+    The n-th delay is uniform in [0, min(max, initial * 2**n)]; `reset()` after
+    a connection that worked.
+    """
+
+    def __init__(
+        self,
+        initial_seconds: float = _DEFAULT_BACKOFF_INITIAL_SECONDS,
+        max_seconds: float = _DEFAULT_BACKOFF_MAX_SECONDS,
+        rng: random.Random | None = None,
+    ) -> None:
+        if initial_seconds <= 0 or max_seconds < initial_seconds:
+            raise ValueError(
+                f"backoff needs 0 < initial_seconds <= max_seconds, "
+                f"got {initial_seconds} and {max_seconds}"
+            )
+        self._initial = initial_seconds
+        self._max = max_seconds
+        self._rng = rng or random.Random()
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        cap = min(self._max, self._initial * (2**self._attempt))
+        self._attempt = min(self._attempt + 1, 32)
+        return self._rng.uniform(0, cap)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class ReceiveBuffer(Generic[T]):
+    """A bounded FIFO between one receiver thread and the Beam thread."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._capacity = capacity
+        self._items: collections.deque[T] = collections.deque()
+        self._not_full = threading.Condition(threading.Lock())
+
+    def put(self, item: T, stop: threading.Event) -> bool:
+        """Appends `item`, waiting while full; False if stopped meanwhile."""
+        if len(self._items) < self._capacity:
+            self._items.append(item)
+            return True
+        with self._not_full:
+            while len(self._items) >= self._capacity:
+                if stop.is_set():
+                    return False
+                self._not_full.wait(_PUT_WAIT_SECONDS)
+            self._items.append(item)
+        return True
+
+    def drain(self, max_items: int) -> list[T]:
+        """Removes and returns up to `max_items` items; never blocks."""
+        items = self._items
+        batch: list[T] = []
+        while items and len(batch) < max_items:
+            batch.append(items.popleft())
+        if batch:
+            with self._not_full:
+                self._not_full.notify()
+        return batch
+
+    def peek_oldest(self) -> T | None:
+        try:
+            return self._items[0]
+        except IndexError:
+            return None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def run_connection_loop(
+    label: str,
+    connect: Callable[[], None],
+    serve: Callable[[], None],
+    disconnect: Callable[[], None],
+    stop: threading.Event,
+    backoff: Backoff,
+) -> None:
+    """Keeps a connection up until `stop` is set.
+
+    `connect` establishes it, `serve` runs until the connection is lost or
+    `stop` is set (raising on loss), `disconnect` releases it. Failures are
+    logged once per state change, not once per retry.
+    """
+    failing = False
+    while not stop.is_set():
+        try:
+            connect()
+            if failing:
+                _LOGGER.info("%s: reconnected", label)
+            failing = False
+            backoff.reset()
+            serve()
+        except Exception as err:  # noqa: BLE001 - any failure means reconnect
+            delay = backoff.next_delay()
+            if not failing:
+                _LOGGER.warning("%s: connection lost (%s); reconnecting with backoff", label, err)
+            _LOGGER.debug("%s: retry in %.2f s after %r", label, delay, err)
+            failing = True
+            stop.wait(delay)
+        finally:
+            try:
+                disconnect()
+            except Exception:  # noqa: BLE001 - best effort on a dead connection
+                _LOGGER.debug("%s: error while disconnecting", label, exc_info=True)
+
+
+_GENERATIONS = itertools.count(1)
+
+
+class Receiver(Generic[T]):
+    """One live protocol connection and the buffer it fills.
+
+    Runs `_receive(stop)` on a background thread. Subclasses call
+    `self._deliver(item, received_at, handle)` per item (`handle` is what
+    `_acknowledge` needs later, None for nothing to acknowledge) and
+    `self._new_generation()` on each new connection.
+    """
+
+    def __init__(self, label: str, *, buffer_capacity: int = 100_000) -> None:
+        self.label = label
+        self.buffer: ReceiveBuffer[tuple[T, float, Any, int]] = ReceiveBuffer(buffer_capacity)
+        self.generation = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _receive(self, stop: threading.Event) -> None:
+        raise NotImplementedError
+
+    def _acknowledge(self, generation: int, handles: Sequence[Any]) -> None:
+        """Acknowledges `handles` upstream if `generation` is still current."""
+        raise NotImplementedError
+
+    def _new_generation(self) -> int:
+        # Process-wide, so a replacement receiver never reuses a generation.
+        self.generation = next(_GENERATIONS)
+        return self.generation
+
+    def _deliver(self, item: T, received_at: float, handle: Any = None) -> bool:
+        return self.buffer.put((item, received_at, handle, self.generation), self._stop)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._receive, args=(self._stop,), name=self.label, daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+
+# Live receivers by source key. A runner may resume a source's residual on
+# another DoFn instance (Prism runs several bundle processors per worker), whose
+# reader cache misses: the new reader must take over the one connection, since
+# two clients with one MQTT client id or one OPC UA session would fight.
+_RECEIVERS: dict[str, Receiver[Any]] = {}
+_OWNERS: dict[str, str] = {}
+_RECEIVERS_LOCK = threading.Lock()
+
+
+def _acquire_receiver(key: str, owner: str, factory: Callable[[], Receiver[Any]]) -> Receiver[Any]:
+    with _RECEIVERS_LOCK:
+        receiver = _RECEIVERS.get(key)
+        if receiver is None or receiver.stopped:
+            receiver = factory()
+            receiver.start()
+            _RECEIVERS[key] = receiver
+        _OWNERS[key] = owner
+        return receiver
+
+
+def _release_receiver(key: str, owner: str) -> None:
+    with _RECEIVERS_LOCK:
+        if _OWNERS.get(key) != owner:
+            return  # another reader took the connection over
+        receiver = _RECEIVERS.pop(key, None)
+        del _OWNERS[key]
+    if receiver is not None:
+        receiver.stop()
+
+
+class AckCheckpointMark(CheckpointMark):
+    """Acknowledges `handles` on the receiver of `source_key` once committed.
+
+    `generation` names the connection the handles belong to: handles of an
+    older connection are meaningless on a new one (an MQTT packet id may have
+    been reused) and are skipped; the broker redelivers those messages.
+    Idempotent: a second finalize acknowledges nothing.
+    """
+
+    def __init__(self, source_key: str, generation: int, handles: Sequence[Any]) -> None:
+        self.source_key = source_key
+        self.generation = generation
+        self.handles = tuple(handles)
+        self._finalized = False
+
+    def finalize_checkpoint(self) -> None:
+        if self._finalized:
+            return
+        self._finalized = True
+        receiver = _RECEIVERS.get(self.source_key)
+        if receiver is not None and self.handles:
+            receiver._acknowledge(self.generation, self.handles)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, AckCheckpointMark)
+            and other.source_key == self.source_key
+            and other.generation == self.generation
+            and other.handles == self.handles
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.source_key, self.generation, self.handles))
+
+    def __repr__(self) -> str:
+        return (
+            f"AckCheckpointMark({self.source_key}, gen={self.generation}, "
+            f"{len(self.handles)} handles)"
+        )
+
+
+class AckCheckpointMarkCoder(coders.Coder):
+    """Deterministic encoding of an `AckCheckpointMark` (no pickling)."""
+
+    _tuple = coders.TupleCoder(
+        (
+            coders.StrUtf8Coder(),
+            coders.VarIntCoder(),
+            coders.IterableCoder(coders.FastPrimitivesCoder()),
+        )
+    )
+
+    def encode(self, value: AckCheckpointMark) -> bytes:
+        return self._tuple.encode((value.source_key, value.generation, value.handles))
+
+    def decode(self, encoded: bytes) -> AckCheckpointMark:
+        source_key, generation, handles = self._tuple.decode(encoded)
+        return AckCheckpointMark(source_key, generation, list(handles))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+
+class PushReader(UnboundedReader, Generic[T]):
+    """An `UnboundedReader` over a `Receiver`'s buffer.
+
+    Contract:
+      - `start()` takes over (or starts) the source's one receiver, returns at once.
+      - `advance()` never blocks: it drains up to `max_batch` received items
+        into one element (`get_current()` is a list) or returns False.
+      - `get_current_timestamp()` is the receive time of the batch's first item;
+        the watermark is `min(oldest buffered receive time, now) - max_skew`, so
+        it follows the data and still advances while the source is idle.
+      - `get_checkpoint_mark()` covers every item handed out since the previous
+        mark; it acknowledges them upstream only when finalized. A reader built
+        from a checkpoint after a crash reconnects and receives what was never
+        acknowledged (the broker keeps it): a checkpoint resumes after the last
+        *acknowledged* item, so nothing handed out is lost.
+    """
+
+    def __init__(
+        self,
+        source_key: str,
+        receiver_factory: Callable[[], Receiver[T]],
+        *,
+        max_batch: int = _DEFAULT_MAX_BATCH,
+        max_skew_seconds: float = 5.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.source_key = source_key
+        self.reader_id = uuid.uuid4().hex
+        self._factory = receiver_factory
+        self._max_batch = max_batch
+        self._max_skew = max_skew_seconds
+        self._now = now
+        self._receiver: Receiver[T] | None = None
+        self._current: list[T] = []
+        self._current_ts = 0.0
+        self._unacked: list[Any] = []
+        self._unacked_generation = 0
+
+    @property
+    def receiver(self) -> Receiver[T]:
+        if self._receiver is None:
+            self._receiver = _acquire_receiver(self.source_key, self.reader_id, self._factory)
+        return self._receiver
+
+    def start(self) -> bool:
+        return self.advance()
+
+    def advance(self) -> bool:
+        drained = self.receiver.buffer.drain(self._max_batch)
+        if not drained:
+            return False
+        items = []
+        for item, _, handle, generation in drained:
+            items.append(item)
+            if handle is None:
+                continue
+            if generation != self._unacked_generation:
+                # A new connection: handles of the old one can never be acked.
+                self._unacked = []
+                self._unacked_generation = generation
+            self._unacked.append(handle)
+        self._current = items
+        self._current_ts = drained[0][1]
+        return True
+
+    def get_current(self) -> list[T]:
+        return self._current
+
+    def get_current_timestamp(self) -> Timestamp:
+        return Timestamp(self._current_ts)
+
+    def get_watermark(self) -> Timestamp:
+        oldest = self.receiver.buffer.peek_oldest()
+        now = self._now()
+        horizon = now if oldest is None else min(oldest[1], now)
+        return Timestamp(horizon - self._max_skew)
+
+    def get_checkpoint_mark(self) -> AckCheckpointMark:
+        handles, self._unacked = self._unacked, []
+        return AckCheckpointMark(self.source_key, self._unacked_generation, handles)
+
+    def close(self) -> None:
+        _release_receiver(self.source_key, self.reader_id)

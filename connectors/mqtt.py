@@ -1,0 +1,487 @@
+"""Read plant readings from MQTT brokers into an unbounded PCollection.
+
+`ReadFromMqtt` subscribes to one or more brokers (one restriction, one client,
+per configured source) with paho-mqtt 2.x, MQTT 3.1.1 or 5, QoS 0/1/2, TLS and
+username/password, several topic filters and MQTT 5 shared subscriptions
+(`$share/group/plant/#`) for scale-out.
+
+Delivery guarantee (QoS 1): at-least-once into the pipeline's sinks. The client
+keeps a persistent session (stable client id, clean start off, session expiry
+for v5) and acknowledges a message only in `finalize_checkpoint`, after the
+runner committed the bundle that carried it, i.e. after the Kafka sink flushed
+it. A pipeline that dies before that gets every unacknowledged message again
+from the broker when it reconnects; duplicates are possible, loss is not.
+QoS 2 with paho acknowledges PUBREC on receipt, which hands ownership to the
+client before the data is committed: use QoS 1 when no loss matters.
+
+The broker must allow it: mosquitto's `max_inflight_messages` (3.1.1 clients)
+and the client's Receive Maximum (v5) bound how many unacknowledged messages
+are in flight, and `max_queued_messages` silently drops beyond its limit for
+an offline client. Set both to 0 (no limit); see README, "MQTT broker settings".
+
+Payloads (JSON, UTF-8), see `parse_mqtt_payload`:
+
+- one reading: `{"tag": "furnace.crown_temp_z2", "value": 1572.5,
+  "ts": "2026-11-27T18:00:00.123Z", "unit": "degC"}`; `ts` may be ISO-8601 or
+  epoch milliseconds and defaults to the receive time; `tag` defaults to the
+  topic (`plant/furnace/crown_temp_z2` -> `furnace.crown_temp_z2` with
+  `tag_from_topic_levels=1`);
+- several readings: `{"ts": "...", "values": {"tag": 1.5, ...}}`.
+
+Anything else (not UTF-8, not JSON, wrong types, missing fields, oversized)
+becomes a `DeadLetter` with a stable reason and the original bytes; the message
+is still acknowledged: it was handled.
+
+Example::
+
+    from connectors.config import MqttSource
+    outputs = pipeline | ReadFromMqtt(
+        [MqttSource(name="iot", host="127.0.0.1", topics=("plant/#",))])
+    readings = outputs[READINGS]       # PCollection[list[Reading]], batched
+    dead_letter = outputs[DEAD_LETTER]  # PCollection[DeadLetter]
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import orjson
+import paho.mqtt.client as mqtt
+from apache_beam import coders
+from apache_beam.io.unbounded_source import (
+    ReadFromUnboundedSource,
+    UnboundedReader,
+    UnboundedSource,
+)
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from connectors.base import (
+    AckCheckpointMarkCoder,
+    Backoff,
+    PushReader,
+    Receiver,
+    run_connection_loop,
+)
+from connectors.config import MqttSource
+from records import DeadLetter, Quality, Reading, Reason, parse_ts, payload_field
+
+__all__ = ["ReadFromMqtt", "READINGS", "DEAD_LETTER", "parse_mqtt_payload"]
+
+_LOGGER = logging.getLogger(__name__)
+
+READINGS = "readings"
+DEAD_LETTER = "dead_letter"
+
+_DEFAULT_MAX_BATCH = 500
+_DEFAULT_MAX_SKEW_SECONDS = 5.0
+_DEFAULT_MAX_RECORDS_PER_BUNDLE = 10_000
+_DEFAULT_MAX_BUNDLE_SECONDS = 1.0
+_DEFAULT_POLL_INTERVAL_SECONDS = 0.05
+_CONNACK_TIMEOUT_SECONDS = 10.0
+_LOOP_TIMEOUT_SECONDS = 0.1
+_QUALITIES = frozenset(q.value for q in Quality)
+
+# One received message: (topic, payload, received_at).
+Message = tuple[str, bytes, float]
+
+
+# -- pure decoding -----------------------------------------------------------
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def tag_from_topic(topic: str, levels_to_drop: int) -> str:
+    """`plant/furnace/crown_temp_z2`, 1 -> `furnace.crown_temp_z2`."""
+    return ".".join(topic.split("/")[levels_to_drop:])
+
+
+def _timestamp(raw: object, received_at: float) -> float:
+    if raw is None:
+        return received_at
+    if isinstance(raw, bool):
+        raise _Rejected(Reason.BAD_TIMESTAMP, f"ts must be a string or number, got {raw!r}")
+    if isinstance(raw, (int, float)):
+        return float(raw) / 1000.0
+    if isinstance(raw, str):
+        try:
+            return parse_ts(raw)
+        except ValueError:
+            raise _Rejected(Reason.BAD_TIMESTAMP, f"ts {raw[:40]!r} is not ISO-8601") from None
+    raise _Rejected(
+        Reason.BAD_TIMESTAMP, f"ts must be a string or number, got {type(raw).__name__}"
+    )
+
+
+def _value(raw: object, tag: str) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise _Rejected(
+            Reason.WRONG_TYPE,
+            f"value of {tag!r} must be a number, got {type(raw).__name__} {str(raw)[:40]!r}",
+        )
+    return float(raw)
+
+
+def _text_field(obj: dict[str, Any], key: str, default: str) -> str:
+    raw = obj.get(key, default)
+    if not isinstance(raw, str):
+        raise _Rejected(Reason.WRONG_TYPE, f"{key} must be a string, got {type(raw).__name__}")
+    return raw
+
+
+def parse_mqtt_payload(
+    topic: str,
+    payload: bytes,
+    received_at: float,
+    *,
+    device: str,
+    tag_from_topic_levels: int = 1,
+    max_payload_bytes: int = 262_144,
+) -> tuple[list[Reading], list[DeadLetter]]:
+    """Decodes one MQTT message into readings, or dead letters saying why not.
+
+    Pure: no I/O, no clock (`received_at` is passed in). A multi-value message
+    with one bad value keeps its good values and dead-letters the bad one.
+    """
+
+    def reject(reason: Reason, detail: str) -> DeadLetter:
+        if len(payload) > max_payload_bytes:
+            text, encoding = payload_field(payload[:max_payload_bytes])
+            detail = f"{detail} (payload truncated to {max_payload_bytes} bytes)"
+        else:
+            text, encoding = payload_field(payload)
+        return DeadLetter(
+            "mqtt", device, reason.value, f"topic {topic}: {detail}", received_at, text, encoding
+        )
+
+    if not payload:
+        return [], [reject(Reason.EMPTY, "empty payload")]
+    if len(payload) > max_payload_bytes:
+        return [], [
+            reject(
+                Reason.TOO_LARGE,
+                f"payload of {len(payload)} bytes exceeds max_payload_bytes={max_payload_bytes}",
+            )
+        ]
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as err:
+        return [], [reject(Reason.UNDECODABLE, f"not UTF-8 JSON: {err}")]
+    if not isinstance(obj, dict):
+        return [], [
+            reject(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+        ]
+    meta = {"topic": topic}
+    try:
+        ts = _timestamp(obj.get("ts"), received_at)
+        unit = _text_field(obj, "unit", "")
+        quality = _text_field(obj, "quality", Quality.GOOD.value)
+        if quality not in _QUALITIES:
+            raise _Rejected(
+                Reason.WRONG_TYPE, f"quality {quality!r} is not one of good, uncertain, bad"
+            )
+        if "values" in obj:
+            values = obj["values"]
+            if not isinstance(values, dict):
+                raise _Rejected(
+                    Reason.WRONG_TYPE, f"values must be an object, got {type(values).__name__}"
+                )
+            readings, letters = [], []
+            for tag, raw in values.items():
+                try:
+                    readings.append(
+                        Reading("mqtt", device, tag, ts, _value(raw, tag), quality, unit, meta)
+                    )
+                except _Rejected as err:
+                    letters.append(reject(err.reason, err.detail))
+            return readings, letters
+        if "value" not in obj:
+            raise _Rejected(Reason.MISSING_FIELD, "neither 'value' nor 'values' is present")
+        tag = obj.get("tag")
+        if tag is None:
+            tag = tag_from_topic(topic, tag_from_topic_levels)
+        elif not isinstance(tag, str) or not tag:
+            raise _Rejected(Reason.WRONG_TYPE, f"tag must be a non-empty string, got {tag!r}")
+        return [
+            Reading("mqtt", device, tag, ts, _value(obj["value"], tag), quality, unit, meta)
+        ], []
+    except _Rejected as err:
+        return [], [reject(err.reason, err.detail)]
+
+
+# -- the reader --------------------------------------------------------------
+
+
+class _MqttReceiver(Receiver[Message]):
+    """One paho client for one configured source, on its own thread.
+
+    A gap cannot occur with QoS >= 1 and a persistent session: the broker
+    queues what arrives while the client is away. With QoS 0 whatever is
+    published during a disconnect is lost by design of QoS 0.
+    """
+
+    def __init__(self, config: MqttSource) -> None:
+        super().__init__(f"mqtt[{config.name}]", buffer_capacity=config.receive_queue_size)
+        self._config = config
+        self._client: mqtt.Client | None = None
+        self._connack: bool | None = None
+        self._client_lock = threading.Lock()
+
+    def _receive(self, stop: threading.Event) -> None:
+        run_connection_loop(
+            self.label,
+            self._connect,
+            lambda: self._serve(stop),
+            self._disconnect,
+            stop,
+            Backoff(0.5, self._config.reconnect_max_seconds),
+        )
+
+    def _new_client(self) -> mqtt.Client:
+        config = self._config
+        v5 = config.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.effective_client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        if config.username is not None:
+            client.username_pw_set(config.username, config.password)
+        if config.tls is not None:
+            client.tls_set(
+                ca_certs=config.tls.ca_file,
+                certfile=config.tls.cert_file,
+                keyfile=config.tls.key_file,
+                cert_reqs=ssl.CERT_NONE if config.tls.insecure else ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(config.tls.insecure)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        return client
+
+    def _connect(self) -> None:
+        config = self._config
+        client = self._new_client()
+        self._connack = None
+        if config.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = config.session_expiry_seconds
+            properties.ReceiveMaximum = config.receive_maximum
+            client.connect(
+                config.host,
+                config.port,
+                config.keepalive_seconds,
+                clean_start=False,
+                properties=properties,
+            )
+        else:
+            client.connect(config.host, config.port, config.keepalive_seconds)
+        with self._client_lock:
+            self._new_generation()
+            self._client = client
+        deadline = time.monotonic() + _CONNACK_TIMEOUT_SECONDS
+        while self._connack is None:
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"no CONNACK from {config.host}:{config.port}")
+            rc = client.loop(_LOOP_TIMEOUT_SECONDS)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                raise ConnectionError(mqtt.error_string(rc))
+        if not self._connack:
+            raise ConnectionError(f"broker {config.host}:{config.port} refused the connection")
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            _LOGGER.error("%s: broker refused the connection: %s", self.label, reason)
+            self._connack = False
+            return
+        self._connack = True
+        # Resubscribing is harmless with a persistent session and needed when
+        # the broker lost it (new broker, expired session).
+        client.subscribe([(topic, self._config.qos) for topic in self._config.topics])
+        _LOGGER.info(
+            "%s: connected to %s:%d (session present: %s), subscribed %s at QoS %d",
+            self.label,
+            self._config.host,
+            self._config.port,
+            flags.session_present,
+            ", ".join(self._config.topics),
+            self._config.qos,
+        )
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        received_at = time.time()
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = message._topic.decode("utf-8", "replace")
+        handle = (message.mid, message.qos) if message.qos else None
+        self._deliver((topic, message.payload, received_at), received_at, handle)
+
+    def _serve(self, stop: threading.Event) -> None:
+        client = self._client
+        assert client is not None
+        while not stop.is_set():
+            rc = client.loop(_LOOP_TIMEOUT_SECONDS)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                raise ConnectionError(mqtt.error_string(rc))
+
+    def _disconnect(self) -> None:
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            # No acks are sent here: unacknowledged messages stay with the
+            # broker's session and are redelivered on the next connection.
+            client.disconnect()
+            client.loop(0)
+
+    def _acknowledge(self, generation: int, handles: Sequence[Any]) -> None:
+        with self._client_lock:
+            client = self._client
+            if client is None or generation != self.generation:
+                _LOGGER.debug(
+                    "%s: %d acks of an old connection skipped; the broker redelivers",
+                    self.label,
+                    len(handles),
+                )
+                return
+            for mid, qos in handles:
+                client.ack(mid, qos)
+
+
+class _MqttUnboundedSource(UnboundedSource):
+    """One configured MQTT source: one restriction, one client."""
+
+    def __init__(self, config: MqttSource, *, max_batch: int, max_skew_seconds: float) -> None:
+        self.config = config
+        self.max_batch = max_batch
+        self.max_skew_seconds = max_skew_seconds
+
+    def split(self, desired_num_splits: int, options: Any = None) -> list[UnboundedSource]:
+        # One client id is one session: two readers would steal each other's
+        # messages. Scale out with $share subscriptions across sources instead.
+        return [self]
+
+    def create_reader(self, options: Any, checkpoint_mark: Any) -> UnboundedReader:
+        # Resuming needs no position: the broker's session holds everything
+        # that was not acknowledged.
+        config = self.config
+        return PushReader(
+            f"mqtt/{config.host}:{config.port}/{config.effective_client_id}",
+            lambda: _MqttReceiver(config),
+            max_batch=self.max_batch,
+            max_skew_seconds=self.max_skew_seconds,
+        )
+
+    def get_checkpoint_mark_coder(self) -> coders.Coder:
+        return AckCheckpointMarkCoder()
+
+    def default_output_coder(self) -> coders.Coder:
+        return coders.FastPrimitivesCoder()
+
+
+class _ParseMessages(beam.DoFn):
+    def __init__(self, config: MqttSource) -> None:
+        self._config = config
+
+    def process(self, batch: list[Message]) -> Iterator[Any]:
+        config = self._config
+        readings: list[Reading] = []
+        for topic, payload, received_at in batch:
+            good, bad = parse_mqtt_payload(
+                topic,
+                payload,
+                received_at,
+                device=config.name,
+                tag_from_topic_levels=config.tag_from_topic_levels,
+                max_payload_bytes=config.max_payload_bytes,
+            )
+            readings.extend(good)
+            for letter in bad:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+        if readings:
+            yield readings
+
+
+class ReadFromMqtt(beam.PTransform):
+    """Reads readings from MQTT brokers; returns `{READINGS, DEAD_LETTER}`.
+
+    Args:
+      sources: the configured MQTT sources; each gets its own client, session
+        and transform label `ReadMqtt[<name>]`.
+      max_skew_seconds: how far behind receive time the watermark stays (and
+        where it moves when a source is idle). Default 5.0.
+      max_records_per_bundle: readings-side cap on one bundle before the
+        source self-checkpoints (and, on commit, acknowledges). Default 10,000.
+      max_bundle_seconds: time cap on one bundle; bounds the acknowledgement
+        latency and so the broker's in-flight window needs. Default 1.0.
+      poll_interval_seconds: resume delay when no message is waiting.
+        Default 0.05.
+      max_batch: messages per element. Default 500.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[MqttSource],
+        *,
+        max_skew_seconds: float = _DEFAULT_MAX_SKEW_SECONDS,
+        max_records_per_bundle: int = _DEFAULT_MAX_RECORDS_PER_BUNDLE,
+        max_bundle_seconds: float = _DEFAULT_MAX_BUNDLE_SECONDS,
+        poll_interval_seconds: float = _DEFAULT_POLL_INTERVAL_SECONDS,
+        max_batch: int = _DEFAULT_MAX_BATCH,
+    ) -> None:
+        super().__init__()
+        if not sources:
+            raise ValueError("ReadFromMqtt needs at least one source")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self._sources = tuple(sources)
+        self._max_skew_seconds = max_skew_seconds
+        self._max_batches_per_bundle = max(1, max_records_per_bundle // max_batch)
+        self._max_bundle_seconds = max_bundle_seconds
+        self._poll_interval_seconds = poll_interval_seconds
+        self._max_batch = max_batch
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        readings, dead_letter = [], []
+        for config in self._sources:
+            source = _MqttUnboundedSource(
+                config, max_batch=self._max_batch, max_skew_seconds=self._max_skew_seconds
+            )
+            outputs = (
+                pbegin
+                | f"ReadMqtt[{config.name}]"
+                >> ReadFromUnboundedSource(
+                    source,
+                    poll_interval=self._poll_interval_seconds,
+                    max_records_per_bundle=self._max_batches_per_bundle,
+                    max_read_time_seconds=self._max_bundle_seconds,
+                )
+                | f"ParseMqtt[{config.name}]"
+                >> beam.ParDo(_ParseMessages(config)).with_outputs(DEAD_LETTER, main=READINGS)
+            )
+            readings.append(outputs[READINGS])
+            dead_letter.append(outputs[DEAD_LETTER])
+        if len(self._sources) == 1:
+            return {READINGS: readings[0], DEAD_LETTER: dead_letter[0]}
+        return {
+            READINGS: readings | "FlattenMqttReadings" >> beam.Flatten(),
+            DEAD_LETTER: dead_letter | "FlattenMqttDeadLetter" >> beam.Flatten(),
+        }

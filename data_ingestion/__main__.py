@@ -1,0 +1,5 @@
+import sys
+
+from data_ingestion.cli import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+"""The system facade: load the config, start the pipeline, stop it.
+
+Example::
+
+    from data_ingestion.main import DataIngestionSystem
+
+    system = DataIngestionSystem("data_ingestion_config.json")
+    await system.initialize_system()   # validate config, create topics
+    await system.start_system()        # pipeline running on Prism
+    ...
+    await system.stop_system()
+
+`python -m data_ingestion run` is the same thing from the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from data_ingestion.setup import DataIngestionSetup
+from pipelines.config import DataIngestionConfig
+from pipelines.ingest import unsupported_sources
+
+__all__ = ["DataIngestionSystem"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_DEFAULT_CONFIG = "data_ingestion_config.json"
+
+
+def _with_prism_location(config: DataIngestionConfig, beam_args: Sequence[str]) -> list[str]:
+    """Adds the project's Prism binary unless the caller named a runner setup.
+
+    Beam would otherwise try to download Prism at run time, which this project
+    never does: `make stack` (or `python -m data_ingestion stack prism`)
+    builds it once.
+    """
+    args = list(beam_args)
+    if config.pipeline.runner == "FlinkRunner" or any(
+        arg.startswith("--prism_location") for arg in args
+    ):
+        return args
+    from data_ingestion import stack
+
+    prism = stack.prism_path()
+    if not prism.exists():
+        raise FileNotFoundError(
+            f"no Prism binary at {prism}: build it once with "
+            "`python -m data_ingestion stack prism` (or `make stack`)"
+        )
+    return [*args, f"--prism_location={prism}"]
+
+
+class DataIngestionSystem:
+    """Runs the ingestion pipeline described by one config.
+
+    Args:
+      config: a loaded `DataIngestionConfig`, a path to a JSON config, or None
+        for `data_ingestion_config.json` in the working directory.
+      overrides: dotted-path config overrides (the command line's `--set`).
+      beam_args: extra Beam pipeline options (`--flink_master=...`).
+    """
+
+    def __init__(
+        self,
+        config: DataIngestionConfig | str | Path | None = None,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        beam_args: Sequence[str] = (),
+    ) -> None:
+        self._source = config if config is not None else _DEFAULT_CONFIG
+        self._overrides = dict(overrides or {})
+        self._beam_args = list(beam_args)
+        self.config: DataIngestionConfig | None = None
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def initialize(self) -> DataIngestionConfig:
+        """Loads and validates the config; raises `ConfigError` listing every problem."""
+        if isinstance(self._source, DataIngestionConfig):
+            config = self._source
+        else:
+            config = DataIngestionSetup(self._source, overrides=self._overrides).load_config()
+        problems = unsupported_sources(config)
+        if problems:
+            from connectors.config import ConfigError
+
+            raise ConfigError(problems)
+        self._beam_args = _with_prism_location(config, self._beam_args)
+        self.config = config
+        return config
+
+    def run_until(self, stop: threading.Event) -> int:
+        """Runs in this thread until `stop` is set; 0 if stopped as asked."""
+        from pipelines.runner import run_until_stopped
+
+        config = self.config or self.initialize()
+        run_until_stopped(config, self._beam_args, stop, self._started)
+        # A streaming job that ends without being asked to has failed.
+        return 0 if stop.is_set() else 1
+
+    async def initialize_system(self) -> None:
+        await asyncio.to_thread(self.initialize)
+
+    async def start_system(self) -> None:
+        """Starts the pipeline on a background thread; returns once submitted."""
+        if self.config is None:
+            await self.initialize_system()
+
+        def run() -> None:
+            try:
+                self.run_until(self._stop)
+            except BaseException as err:  # noqa: BLE001 - surfaced by start/stop
+                self._error = err
+                self._started.set()
+
+        self._thread = threading.Thread(target=run, name="data-ingestion", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self._started.wait)
+        if self._error is not None:
+            raise self._error
+
+    async def stop_system(self) -> None:
+        """Cancels the job; unacknowledged input is redelivered on the next start."""
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        if self._error is not None:
+            raise self._error

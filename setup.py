@@ -1,0 +1,37 @@
+"""Packaging for the glass-line ingestion system.
+
+Also what Beam ships to remote workers with `--setup_file` (Flink): the
+workers then import `connectors`, `transforms`, `pipelines` and `records`.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _requirements() -> list[str]:
+    lines = (_HERE / "requirements.txt").read_text().splitlines()
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+setup(
+    name="glass-line-ingest",
+    version="0.1.0",
+    description="Glass plant data ingestion: OPC UA, Modbus, MQTT and MIK-1 into Kafka on Beam",
+    python_requires=">=3.11",
+    packages=find_packages(
+        include=[
+            "connectors*",
+            "transforms*",
+            "pipelines*",
+            "data_ingestion*",
+            "records*",
+            "simulators*",
+        ]
+    ),
+    package_data={"data_ingestion": ["*.xml"]},
+    install_requires=_requirements(),
+    entry_points={"console_scripts": ["glass-ingest=data_ingestion.cli:main"]},
+)

@@ -1,0 +1,157 @@
+"""Run the real pipeline as a separate process and read what reached Kafka.
+
+The pipeline runs as `python -m data_ingestion run` in its own process group,
+so a test can SIGKILL it together with its Prism job server, as a crash would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pipeline_config(
+    tmp_path: Path,
+    *,
+    kafka_bootstrap: str,
+    mqtt_port: int,
+    topic_filter: str = "plant/#",
+    qos: int = 1,
+) -> tuple[Path, dict[str, str]]:
+    """The demo config, pointed at a private broker and fresh Kafka topics."""
+    config = json.loads((REPO / "data_ingestion_config.json").read_text())
+    suffix = uuid.uuid4().hex[:10]
+    topics = {
+        "readings": f"test.readings.{suffix}",
+        "features": f"test.features.{suffix}",
+        "defects": f"test.defects.{suffix}",
+        "alerts": f"test.alerts.{suffix}",
+        "dead_letter": f"test.deadletter.{suffix}",
+    }
+    config["kafka"]["bootstrap_servers"] = kafka_bootstrap
+    config["kafka"]["topics"] = topics
+    config["kafka"]["topic_partitions"] = 2
+    mqtt = config["sources"]["mqtt"][0]
+    mqtt.update(
+        {
+            "port": mqtt_port,
+            "topics": [topic_filter],
+            "qos": qos,
+            "client_id": f"ingest-test-{suffix}",
+        }
+    )
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path, topics
+
+
+class PipelineProcess:
+    """`python -m data_ingestion run --config PATH`, killable as a whole."""
+
+    def __init__(self, config_path: Path, prism_binary: Path, log_path: Path) -> None:
+        self._args = [
+            sys.executable,
+            "-m",
+            "data_ingestion",
+            "run",
+            "--config",
+            str(config_path),
+            f"--prism_location={prism_binary}",
+        ]
+        self._log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PipelineProcess:
+        log = open(self._log_path, "ab")
+        self.process = subprocess.Popen(
+            self._args,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the pipeline and its Prism server: a crash, no clean-up."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, as an operator would; returns the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            # Whatever the pipeline left behind (Prism) goes with the group.
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class TopicReader:
+    """Reads a Kafka topic from the beginning, accumulating decoded records."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.records: list[dict[str, Any]] = []
+        self.messages: list[Any] = []
+        self._consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap.split(","),
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+
+    def poll(self, timeout_ms: int = 500) -> int:
+        batches = self._consumer.poll(timeout_ms=timeout_ms)
+        count = 0
+        for messages in batches.values():
+            for message in messages:
+                self.messages.append(message)
+                self.records.append(orjson.loads(message.value))
+                count += 1
+        return count
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    timeout: float,
+    step: Callable[[], Any] = lambda: time.sleep(0.2),
+    describe: Callable[[], str] = lambda: "",
+) -> None:
+    """Steps until `condition()` holds; fails with `describe()` on timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {describe()}")
+        step()
