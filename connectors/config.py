@@ -64,6 +64,7 @@ __all__ = [
     "KafkaTopics",
     "KafkaSink",
     "SourceConfig",
+    "SourceBase",
 ]
 
 _DEFAULT_HOST = "127.0.0.1"
@@ -414,6 +415,16 @@ def _suggest(key: str, known: list[str]) -> str:
     return "known keys: " + ", ".join(known)
 
 
+# ---------------------------------------------------------------- sources
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceBase:
+    """What every source kind has: a name, unique across kinds (`device` in records)."""
+
+    name: str
+
+
 # ---------------------------------------------------------------- MQTT
 
 
@@ -469,10 +480,9 @@ class MqttTls:
 
 
 @dataclasses.dataclass(frozen=True)
-class MqttSource:
+class MqttSource(SourceBase):
     """One MQTT subscription: a broker, its topic filters, one persistent session."""
 
-    name: str
     topics: tuple[str, ...]
     host: str = _DEFAULT_HOST
     port: int = _DEFAULT_MQTT_PORT
@@ -555,10 +565,9 @@ class OpcUaNode:
 
 
 @dataclasses.dataclass(frozen=True)
-class OpcUaSource:
+class OpcUaSource(SourceBase):
     """One OPC UA server and the nodes to subscribe to."""
 
-    name: str
     endpoint: str
     nodes: tuple[OpcUaNode, ...]
     publishing_interval_ms: int = _DEFAULT_OPCUA_PUBLISHING_INTERVAL_MS
@@ -641,10 +650,9 @@ class ModbusRegister:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModbusSource:
+class ModbusSource(SourceBase):
     """One Modbus device (TCP) or bus (RTU) and the registers to poll."""
 
-    name: str
     registers: tuple[ModbusRegister, ...]
     host: str = _DEFAULT_HOST
     port: int = _DEFAULT_MODBUS_PORT
@@ -677,10 +685,9 @@ class ModbusSource:
 
 
 @dataclasses.dataclass(frozen=True)
-class CameraSource:
+class CameraSource(SourceBase):
     """One MIK-1 camera stream (MJPEG over HTTP, or RTSP)."""
 
-    name: str
     url: str
     # None reads every frame the camera sends.
     fps_limit: float | None = None

@@ -155,3 +155,37 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {describe()}")
         step()
+
+
+def publish(
+    port: int,
+    messages: list[tuple[str, bytes]],
+    *,
+    qos: int = 1,
+    rate_per_second: float | None = None,
+    host: str = "127.0.0.1",
+) -> None:
+    """Publishes `messages` and returns once the broker acknowledged each."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex[:8]}")
+    client.max_inflight_messages_set(1000)
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        started = time.monotonic()
+        infos = []
+        for index, (topic, payload) in enumerate(messages):
+            if rate_per_second is not None:
+                due = started + index / rate_per_second
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            infos.append(client.publish(topic, payload, qos=qos))
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+            assert info.is_published(), f"broker did not acknowledge message {info.mid}"
+    finally:
+        client.loop_stop()
+        client.disconnect()
