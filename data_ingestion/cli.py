@@ -56,7 +56,20 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     overrides = _parse_set(args.set)
     if args.runner:
         overrides["pipeline.runner"] = args.runner
+    from connectors.config import ConfigError
+
     system = DataIngestionSystem(args.config, overrides=overrides, beam_args=beam_args)
+    try:
+        system.initialize()
+    except ConfigError as err:
+        # Nothing has connected yet: say everything that is wrong, then stop.
+        print(f"{args.config}: invalid configuration, nothing started:", file=sys.stderr)
+        for line in err.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"{args.config}: {err}", file=sys.stderr)
+        return 2
     stop = _stop_on_signals()
     return system.run_until(stop)
 
@@ -107,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # kafka-python logs every connection step at INFO.
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     if args.command not in ("run", "demo") and beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if args.command == "run":

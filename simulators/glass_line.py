@@ -99,6 +99,7 @@ _FIRING_SIDE_HEARTBEAT_SECONDS = 60.0
 _GOBS_PER_CUT = 3  # triple-gob IS machine
 _HOT_END_LOSS = 0.015
 _STOICHIOMETRIC_AIR = 9.52  # Nm3 air per Nm3 natural gas
+_BATCH_PER_GLASS = 1.12  # t charged per t melted: batch gases leave [est.]
 
 FaultKind = Literal["spike", "step", "drift", "stuck", "nan", "burnout"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
@@ -402,12 +403,11 @@ class _Schedule:
         half_cycle = self._uniform(*reversal)
         # The half cycle under way at start began long enough ago that its gas
         # dead time and pressure spike are over: the lags start at rest.
-        since = self._uniform(120.0, half_cycle)
-        first = self._quantize(start_ts - since)
+        first = self._quantize(start_ts - self._uniform(120.0, half_cycle))
         self.side_after_first = int(rng.integers(0, 2))
-        self.reversal_start: list[float] = []
-        self.gas_back: list[float] = []
         self.toggle: list[float] = []
+        self.gas_cut: list[float] = []
+        self.gas_back: list[float] = []
         self._add_reversal(first)
         self._add_reversal(self._quantize(first + half_cycle))
         # Swabs and batches from well before start: their effects reach later.
@@ -424,21 +424,20 @@ class _Schedule:
     def _quantize(self, ts: float) -> float:
         return self._start + round((ts - self._start) / TICK_SECONDS) * TICK_SECONDS
 
-    def _add_reversal(self, start: float) -> None:
+    def _add_reversal(self, toggle: float) -> None:
+        # Gas off for the dead time; the valves swap in its middle.
         dead = round(self._uniform(*_DEAD_TIME_SECONDS) / TICK_SECONDS) * TICK_SECONDS
-        self.reversal_start.append(start)
-        self.gas_back.append(start + dead)
-        # The valves swap in the middle of the dead time.
-        self.toggle.append(start + round(dead / 2 / TICK_SECONDS) * TICK_SECONDS)
+        cut = toggle - round(dead / 2 / TICK_SECONDS) * TICK_SECONDS
+        self.toggle.append(toggle)
+        self.gas_cut.append(cut)
+        self.gas_back.append(cut + dead)
 
     def extend(self, ts: float) -> None:
         """Draw events until every list reaches past `ts`."""
         if ts < self._horizon:
             return
-        while self.reversal_start[-1] <= ts:
-            self._add_reversal(
-                self._quantize(self.reversal_start[-1] + self._uniform(*self._reversal))
-            )
+        while self.gas_cut[-1] <= ts:
+            self._add_reversal(self._quantize(self.toggle[-1] + self._uniform(*self._reversal)))
         while self.swab[-1] <= ts:
             self.swab.append(self._quantize(self.swab[-1] + self._uniform(*_SWAB_INTERVAL_SECONDS)))
             self.swab_dip.append(self._uniform(*_SWAB_DIP_DEGC))
@@ -448,7 +447,7 @@ class _Schedule:
             )
             step = self._uniform(-5.0, 5.0)
             self.cullet.append(min(65.0, max(45.0, self.cullet[-1] + step)))
-        self._horizon = min(self.reversal_start[-1], self.swab[-1], self.batch[-1])
+        self._horizon = min(self.gas_cut[-1], self.swab[-1], self.batch[-1])
 
     def side(self, ts: float) -> int:
         flips = bisect.bisect_right(self.toggle, ts) - 1
@@ -460,7 +459,7 @@ class _Schedule:
         return ts - self.toggle[i], self.toggle[i + 1] - self.toggle[i]
 
     def gas_off(self, ts: float) -> bool:
-        i = bisect.bisect_right(self.reversal_start, ts) - 1
+        i = bisect.bisect_right(self.gas_cut, ts) - 1
         return i >= 0 and ts < self.gas_back[i]
 
     def spike_on(self, ts: float) -> bool:
@@ -525,10 +524,24 @@ class GlassLine:
         self._faults_by_tag: dict[str, list[Fault]] = {}
         self._held: dict[int, float] = {}  # id(stuck fault) -> the value it froze
         self._last_value: list[float | None] = [None] * len(TAGS)
-        self._period_ticks = [round(spec.period_seconds / TICK_SECONDS) for spec in TAGS]
-        self._noise_sigma = [0.0 if spec.discrete else spec.noise_sigma for spec in TAGS]
-        # The reject rate carries binomial noise of its own.
-        self._noise_sigma[_TAG_INDEX["mik1.reject_rate"]] = 0.0
+        period_ticks = [round(spec.period_seconds / TICK_SECONDS) for spec in TAGS]
+        cycle = math.lcm(*period_ticks)
+        self._due_by_phase = [
+            [i for i, ticks in enumerate(period_ticks) if phase % ticks == 0]
+            for phase in range(cycle)
+        ]
+        # (tag, unit, noise sigma, nominal for %-of-reading noise, integer?) per tag.
+        self._emit = [
+            (
+                spec.tag,
+                spec.unit,
+                # The reject rate carries binomial noise of its own.
+                0.0 if spec.discrete or spec.tag == "mik1.reject_rate" else spec.noise_sigma,
+                _RELATIVE_NOISE_NOMINAL.get(spec.tag, 0.0),
+                spec.tag in _INTEGER_TAGS,
+            )
+            for spec in TAGS
+        ]
         self._init_latents()
         self._init_lags()
         self._models = self._build_models()
@@ -692,22 +705,21 @@ class GlassLine:
         # One draw per tag per tick, due or not: the stream never depends on
         # which samples a caller keeps.
         noise = self._noise_rng.standard_normal(len(TAGS)).tolist()
-        firing_toggle = self._schedule.is_toggle(t)
+        due = self._due_by_phase[tick % len(self._due_by_phase)]
+        if _FIRING_SIDE not in due and self._schedule.is_toggle(t):
+            due = sorted((*due, _FIRING_SIDE))
         samples: list[Sample] = []
-        for i, spec in enumerate(TAGS):
-            if tick % self._period_ticks[i] and not (i == _FIRING_SIDE and firing_toggle):
-                continue
+        for i in due:
+            tag, unit, sigma, nominal, integer = self._emit[i]
             value = self._models[i](t)
-            sigma = self._noise_sigma[i]
             if sigma:
-                nominal = _RELATIVE_NOISE_NOMINAL.get(spec.tag)
                 value += sigma * noise[i] * (value / nominal if nominal else 1.0)
-            value = round(value) if spec.tag in _INTEGER_TAGS else round(value, _DECIMALS)
-            faults = self._faults_by_tag.get(spec.tag)
+            value = float(round(value)) if integer else round(value, _DECIMALS)
+            faults = self._faults_by_tag.get(tag)
             if faults:
-                value = self._apply_faults(i, spec, faults, t, float(value))
+                value = self._apply_faults(i, TAGS[i], faults, t, value)
             self._last_value[i] = value
-            samples.append((spec.tag, t, float(value), spec.unit))
+            samples.append((tag, t, value, unit))
         return samples
 
     def _apply_faults(
@@ -773,7 +785,7 @@ class GlassLine:
         models: dict[str, Callable[[float], float]] = {
             "batch.cullet_ratio": schedule.cullet_ratio,
             "batch.moisture": offset(3.5, "moisture"),
-            "furnace.charger_feed": lambda t: (300.0 + pull()) / 24.0 * 1.08
+            "furnace.charger_feed": lambda t: (300.0 + pull()) / 24.0 * _BATCH_PER_GLASS
             - 6.0 * level()
             + self._y[_L["charger"]],
             "furnace.crown_temp_z1": crown(0),

@@ -1,7 +1,11 @@
-"""Run the real pipeline as a separate process and read what reached Kafka.
+"""Tools for tests and benchmarks that drive the real system from outside.
 
-The pipeline runs as `python -m data_ingestion run` in its own process group,
-so a test can SIGKILL it together with its Prism job server, as a crash would.
+- `PipelineProcess`: `python -m data_ingestion run` in its own process group,
+  so a test can SIGKILL it together with its Prism job server, as a crash would.
+- `TopicReader`: reads a Kafka topic from the beginning.
+- `publish`: publishes MQTT messages and waits for every acknowledgement.
+- `pipeline_config`: the demo config pointed at given brokers and fresh topics.
+- `wait_until`: waits on a condition, never on a fixed sleep.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pipeline_config(

@@ -1,0 +1,17 @@
+"""`python -m benchmarks [NAME] [options]`: run one benchmark, or all of them."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks import mqtt_to_kafka
+
+_BENCHMARKS = {"mqtt_to_kafka": mqtt_to_kafka.main}
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args and args[0] in _BENCHMARKS:
+        _BENCHMARKS[args[0]](args[1:])
+    else:
+        for run in _BENCHMARKS.values():
+            run(args)
