@@ -32,19 +32,35 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks._measure import group_cpu_seconds, machine, percentile, process_cpu_seconds
 from data_ingestion import stack
-from data_ingestion.testing import PipelineProcess, TopicReader, pipeline_config, publish, wait_until
+from data_ingestion.testing import (
+    PipelineProcess,
+    TopicReader,
+    pipeline_config,
+    publish,
+    wait_until,
+)
 
 _BASE_MS = 1_795_802_400_000
 
 
-def _payloads(count: int, readings_per_message: int, *, now_ms: int | None = None) -> list[tuple[str, bytes]]:
+def _payloads(
+    count: int, readings_per_message: int, *, now_ms: int | None = None
+) -> list[tuple[str, bytes]]:
     messages = []
     for i in range(count):
         ts = now_ms if now_ms is not None else _BASE_MS + i
         if readings_per_message == 1:
-            payload = {"tag": "furnace.crown_temp_z2", "value": 1550.0 + i % 50, "ts": ts, "unit": "degC"}
+            payload = {
+                "tag": "furnace.crown_temp_z2",
+                "value": 1550.0 + i % 50,
+                "ts": ts,
+                "unit": "degC",
+            }
         else:
-            payload = {"ts": ts, "values": {f"furnace.tc_{j:03d}": 1500.0 + j for j in range(readings_per_message)}}
+            payload = {
+                "ts": ts,
+                "values": {f"furnace.tc_{j:03d}": 1500.0 + j for j in range(readings_per_message)},
+            }
         messages.append(("plant/furnace", orjson.dumps(payload)))
     return messages
 
@@ -89,7 +105,9 @@ def raw_paho(port: int, messages: list[tuple[str, bytes]]) -> dict[str, float]:
     client.disconnect()
     publish(port, messages)
     result: Any = multiprocessing.Queue()
-    child = multiprocessing.Process(target=_raw_paho_receive, args=(port, client_id, len(messages), result))
+    child = multiprocessing.Process(
+        target=_raw_paho_receive, args=(port, client_id, len(messages), result)
+    )
     child.start()
     outcome = result.get(timeout=900)
     child.join()
@@ -101,13 +119,22 @@ def raw_paho(port: int, messages: list[tuple[str, bytes]]) -> dict[str, float]:
 
 
 def pipeline_drain(
-    workdir: Path, kafka: str, port: int, prism: Path, messages: list[tuple[str, bytes]], readings: int
+    workdir: Path,
+    kafka: str,
+    port: int,
+    prism: Path,
+    messages: list[tuple[str, bytes]],
+    readings: int,
 ) -> dict[str, float]:
     config, topics = pipeline_config(workdir, kafka_bootstrap=kafka, mqtt_port=port)
     process = PipelineProcess(config, prism, workdir / "pipeline.log")
     # First run creates the persistent session (and topics), then stops.
     process.start()
-    wait_until(lambda: "mqtt[iot]: connected to" in process.log_tail(400), timeout=120, describe=process.log_tail)
+    wait_until(
+        lambda: "mqtt[iot]: connected to" in process.log_tail(400),
+        timeout=120,
+        describe=process.log_tail,
+    )
     process.terminate()
     publish(port, messages)
     reader = TopicReader(kafka, topics["readings"])
@@ -115,7 +142,9 @@ def pipeline_drain(
     assert process.process is not None
     pgid = process.process.pid
     try:
-        wait_until(lambda: reader.poll(200) > 0 or bool(reader.records), timeout=180, step=lambda: None)
+        wait_until(
+            lambda: reader.poll(200) > 0 or bool(reader.records), timeout=180, step=lambda: None
+        )
         first_arrival = time.perf_counter()
         cpu_start = group_cpu_seconds(pgid)
         wait_until(
@@ -147,12 +176,18 @@ def latency(
     reader = TopicReader(kafka, topics["readings"])
     delays: list[float] = []
     try:
-        wait_until(lambda: "mqtt[iot]: connected to" in process.log_tail(400), timeout=120, describe=process.log_tail)
+        wait_until(
+            lambda: "mqtt[iot]: connected to" in process.log_tail(400),
+            timeout=120,
+            describe=process.log_tail,
+        )
         count = int(rate * seconds)
         stop = threading.Event()
 
         def publish_now() -> None:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-lat-{uuid.uuid4().hex[:6]}")
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=f"bench-lat-{uuid.uuid4().hex[:6]}"
+            )
             client.connect("127.0.0.1", port)
             client.loop_start()
             started = time.monotonic()
@@ -219,13 +254,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "messages": count,
                     "raw_paho": raw,
                     "pipeline": pipe,
-                    "ratio_to_raw_paho_messages_per_second": pipe["messages_per_second"] / raw["messages_per_second"],
+                    "ratio_to_raw_paho_messages_per_second": pipe["messages_per_second"]
+                    / raw["messages_per_second"],
                 }
                 results["runs"].append(run)
                 print(json.dumps(run, indent=2), flush=True)
             lat_dir = workdir / "latency"
             lat_dir.mkdir()
-            results["latency"] = latency(lat_dir, kafka, port, prism, args.latency_rate, args.latency_seconds)
+            results["latency"] = latency(
+                lat_dir, kafka, port, prism, args.latency_rate, args.latency_seconds
+            )
             print(json.dumps(results["latency"], indent=2), flush=True)
         finally:
             broker.terminate()

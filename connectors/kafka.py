@@ -100,7 +100,9 @@ class _KeyHashCache(DefaultPartitioner):
         cluster: Any,
     ) -> int:
         if serialized_key is None:
-            return int(super().partition(topic, key, serialized_key, value, serialized_value, cluster))
+            return int(
+                super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+            )
         hashed = self._hashes.get(serialized_key)
         if hashed is None:
             if len(self._hashes) >= _MAX_CACHED_KEYS:

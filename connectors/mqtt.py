@@ -333,7 +333,7 @@ class _MqttReceiver(Receiver[Message]):
         except UnicodeDecodeError:
             topic = message._topic.decode("utf-8", "replace")
         handle = (message.mid, message.qos) if message.qos else None
-        self._deliver((topic, message.payload, received_at), received_at, handle)
+        self._deliver((topic, bytes(message.payload), received_at), received_at, handle)
 
     def _serve(self, stop: threading.Event) -> None:
         client = self._client

@@ -102,7 +102,7 @@ class DataIngestionSystem:
         from pipelines.runner import run_until_stopped
 
         config = self.config or self.initialize()
-        run_until_stopped(config, self._beam_args, stop, self._started)
+        run_until_stopped(config, self._beam_args, stop)
         # A streaming job that ends without being asked to has failed.
         return 0 if stop.is_set() else 1
 
@@ -110,27 +110,26 @@ class DataIngestionSystem:
         await asyncio.to_thread(self.initialize)
 
     async def start_system(self) -> None:
-        """Starts the pipeline on a background thread; returns once submitted."""
-        if self.config is None:
-            await self.initialize_system()
+        """Submits the pipeline and returns once it runs; a thread watches it.
 
-        def run() -> None:
-            try:
-                self.run_until(self._stop)
-            except BaseException as err:  # noqa: BLE001 - surfaced by start/stop
-                self._error = err
-                self._started.set()
+        Submission happens on the calling thread (call from the main thread):
+        Beam's job-server launcher installs a SIGINT handler, which only the
+        main thread may do.
+        """
+        from pipelines.runner import start, wait_until_stopped
 
-        self._thread = threading.Thread(target=run, name="data-ingestion", daemon=True)
+        config = self.config or self.initialize()
+        result = start(config, self._beam_args)
+        self._thread = threading.Thread(
+            target=wait_until_stopped,
+            args=(result, self._stop, config.pipeline.name),
+            name="data-ingestion",
+            daemon=True,
+        )
         self._thread.start()
-        await asyncio.to_thread(self._started.wait)
-        if self._error is not None:
-            raise self._error
 
     async def stop_system(self) -> None:
         """Cancels the job; unacknowledged input is redelivered on the next start."""
         self._stop.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
-        if self._error is not None:
-            raise self._error

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ from pipelines.config import DataIngestionConfig
 from pipelines.ingest import build_ingest
 from pipelines.options import pipeline_options
 
-__all__ = ["start", "run_until_stopped"]
+__all__ = ["start", "wait_until_stopped", "run_until_stopped"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -39,28 +40,51 @@ def start(config: DataIngestionConfig, beam_args: Sequence[str]) -> PipelineResu
         ensure_topics(config.kafka)
     pipeline = beam.Pipeline(options=pipeline_options(config, beam_args))
     build_ingest(pipeline, config)
+    sigint_handler = signal.getsignal(signal.SIGINT)
     result = pipeline.run()
+    if threading.current_thread() is threading.main_thread():
+        # Beam's launcher replaces the SIGINT handler with one that kills the
+        # job server at once; keep ours, which cancels the job first. The job
+        # server is still stopped at exit (Beam registers that too).
+        signal.signal(signal.SIGINT, sigint_handler)
     _LOGGER.info("pipeline %s: submitted (%s)", config.pipeline.name, result.state)
     return result
 
 
-def run_until_stopped(
-    config: DataIngestionConfig,
-    beam_args: Sequence[str],
-    stop: threading.Event,
-    started: threading.Event | None = None,
-) -> str:
-    """Runs until `stop` is set or the job ends; returns the final state."""
-    result = start(config, beam_args)
-    if started is not None:
-        started.set()
+def _state(result: PipelineResult) -> str | None:
+    """The job's state, or None once its job server is gone.
+
+    Beam's launcher stops the job server itself on SIGINT (its own handler runs
+    before ours), after which the job cannot be asked anything.
+    """
     try:
-        while not stop.wait(_POLL_SECONDS):
-            if PipelineState.is_terminal(result.state):
-                _LOGGER.error("pipeline %s ended: %s", config.pipeline.name, result.state)
-                return str(result.state)
-    finally:
-        if not PipelineState.is_terminal(result.state):
-            _LOGGER.info("pipeline %s: stopping", config.pipeline.name)
-            result.cancel()
-    return str(result.state)
+        return str(result.state)
+    except ValueError:
+        return None
+
+
+def wait_until_stopped(result: PipelineResult, stop: threading.Event, name: str) -> str:
+    """Blocks until `stop` is set or the job ends, then cancels it if running."""
+    state = _state(result)
+    while not stop.wait(_POLL_SECONDS):
+        state = _state(result)
+        if state is None or PipelineState.is_terminal(state):
+            _LOGGER.error("pipeline %s ended: %s", name, state or "job server gone")
+            return state or "UNKNOWN"
+    state = _state(result)
+    if state is not None and not PipelineState.is_terminal(state):
+        _LOGGER.info("pipeline %s: stopping", name)
+        result.cancel()
+        state = _state(result)
+    return state or "STOPPED"
+
+
+def run_until_stopped(
+    config: DataIngestionConfig, beam_args: Sequence[str], stop: threading.Event
+) -> str:
+    """Runs until `stop` is set or the job ends; returns the final state.
+
+    Call from the main thread: Beam's job-server launcher installs a SIGINT
+    handler, which only the main thread may do.
+    """
+    return wait_until_stopped(start(config, beam_args), stop, config.pipeline.name)

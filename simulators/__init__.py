@@ -266,9 +266,7 @@ def run_burst(
 
 def _write_ground_truth(path: str, publishers: Sequence[MqttLinePublisher]) -> None:
     labels = [
-        {"broker": f"{p.host}:{p.port}", **fault}
-        for p in publishers
-        for fault in p.line.ground_truth()
+        {"broker": f"{p.host}:{p.port}", **fault} for p in publishers for fault in p.ground_truth()
     ]
     with open(path, "w", encoding="utf-8") as file:
         json.dump(labels, file, indent=1)

@@ -43,10 +43,10 @@ Example::
     t0 = line.start_ts                                   # 2026-11-27T18:00:00Z
     line.inject(Fault("stuck", "furnace.crown_temp_z2", t0 + 600, 300.0))
     samples = line.samples_between(t0, t0 + 3600)        # one hour of Line C
-    samples[0]          # ('batch.cullet_ratio', 1795816800.0, 55.83, '%')
+    samples[0]          # ('batch.cullet_ratio', 1795802400.0, 56.026, '%')
     line.ground_truth()
     # [{'kind': 'stuck', 'tag': 'furnace.crown_temp_z2',
-    #   'start': 1795817400.0, 'end': 1795817700.0, 'magnitude': 0.0}]
+    #   'start': 1795803000.0, 'end': 1795803300.0, 'magnitude': 0.0}]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, TypedDict, get_args
 
 import numpy as np
 
@@ -70,6 +70,7 @@ __all__ = [
     "TICK_SECONDS",
     "Fault",
     "FaultKind",
+    "FaultLabel",
     "GlassLine",
     "Sample",
     "TagSpec",
@@ -78,7 +79,7 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_START_TS = 1_795_816_800.0  # 2026-11-27T18:00:00Z
+DEFAULT_START_TS = 1_795_802_400.0  # 2026-11-27T18:00:00Z
 TICK_SECONDS = 0.5  # the model's step; every sample period is a multiple of it
 
 _DEFAULT_REVERSAL_INTERVAL_SECONDS = (1200.0, 1800.0)
@@ -301,6 +302,16 @@ class Fault:
 
     def active(self, ts: float) -> bool:
         return self.start_ts <= ts < self.end_ts
+
+
+class FaultLabel(TypedDict):
+    """One ground-truth label: times in seconds since the epoch, `end` exclusive."""
+
+    kind: str
+    tag: str
+    start: float
+    end: float
+    magnitude: float
 
 
 def random_faults(
@@ -565,17 +576,13 @@ class GlassLine:
         self._faults.append(fault)
         self._faults_by_tag.setdefault(fault.tag, []).append(fault)
 
-    def ground_truth(self) -> list[dict[str, object]]:
+    def ground_truth(self) -> list[FaultLabel]:
         """Every injected fault, by start time: kind, tag, start, end (epoch s), magnitude."""
         ordered = sorted(self._faults, key=lambda f: (f.start_ts, f.tag))
         return [
-            {
-                "kind": f.kind,
-                "tag": f.tag,
-                "start": f.start_ts,
-                "end": f.end_ts,
-                "magnitude": f.magnitude,
-            }
+            FaultLabel(
+                kind=f.kind, tag=f.tag, start=f.start_ts, end=f.end_ts, magnitude=f.magnitude
+            )
             for f in ordered
         ]
 
@@ -587,7 +594,7 @@ class GlassLine:
         """
         first = max(0, math.ceil((t0 - self.start_ts) / TICK_SECONDS - 1e-9))
         end = math.ceil((t1 - self.start_ts) / TICK_SECONDS - 1e-9)
-        if first < self._next_tick and t0 >= self.start_ts:
+        if first < self._next_tick:
             raise ValueError(
                 f"t0={t0} is before the line's clock {self.clock}: the model only moves"
                 " forward (make a new GlassLine with the same seed to replay)"

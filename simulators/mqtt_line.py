@@ -67,7 +67,15 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from simulators.glass_line import AREAS, TAG_BY_NAME, TAGS, GlassLine, Sample, random_faults
+from simulators.glass_line import (
+    AREAS,
+    TAG_BY_NAME,
+    TAGS,
+    FaultLabel,
+    GlassLine,
+    Sample,
+    random_faults,
+)
 
 __all__ = [
     "MALFORMED_KINDS",
@@ -98,10 +106,10 @@ _DEFAULT_ACK_TIMEOUT_SECONDS = 120.0
 # The broker sets no limit on what a 3.1.1 client sends.
 _DEFAULT_MAX_INFLIGHT_MESSAGES = 0
 _CHUNK_SECONDS = 10.0  # plant time simulated per model call
-_FAULT_WINDOW_SECONDS = 3600.0
 _BEHIND_WARNING_SECONDS = 5.0
-_POLL_SECONDS = 0.05
+_RUN_DRAIN_SECONDS = 10.0
 _MIXED_MULTI_AREAS = frozenset(AREAS[::2])
+_QUEUED = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
 
 _OVERSIZED_BYTES = 1024 * 1024
 _MALFORMED_TAG = "furnace.crown_temp_z2"
@@ -128,7 +136,7 @@ MALFORMED_KINDS: tuple[str, ...] = tuple(MALFORMED_REASONS)
 
 
 def iso_timestamp(ts: float) -> str:
-    """ISO-8601 UTC with milliseconds and a Z: 1795816800.123 -> `2026-11-27T18:00:00.123Z`."""
+    """ISO-8601 UTC with milliseconds and a Z: 1795802400.123 -> `2026-11-27T18:00:00.123Z`."""
     millis = round(ts * 1000)
     seconds, millis = divmod(millis, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
@@ -244,7 +252,7 @@ class MqttLinePublisher:
         start_ts: plant time of the first sample (default: the wall clock when
             the model is first used, to the second).
         fault_rate_per_hour: random sensor faults injected per plant hour
-            (default 0; see `line.ground_truth()`).
+            (default 0; see `ground_truth()`).
         max_inflight_messages: unacknowledged messages paho keeps in flight
             (default 0 = no limit: the fastest, see `_DEFAULT_MAX_INFLIGHT_MESSAGES`).
         ack_timeout_seconds: how long a burst waits for its acknowledgements.
@@ -323,7 +331,8 @@ class MqttLinePublisher:
         self._stream: Iterator[_Message] | None = None
         self._held: _Message | None = None
         self._next_seq = 0
-        self._fault_horizon = 0.0
+        self._fault_free_from: dict[str, float] = {}  # tag -> end of its last fault
+        self._published_until: float | None = None
 
     # -- public --------------------------------------------------------------
 
@@ -338,8 +347,14 @@ class MqttLinePublisher:
         if self._line is None:
             start = self._start_ts if self._start_ts is not None else float(math.floor(time.time()))
             self._line = GlassLine(self._seed, start)
-            self._fault_horizon = start
         return self._line
+
+    def ground_truth(self) -> list[FaultLabel]:
+        """The injected faults that began in the plant time published so far."""
+        if self._line is None or self._published_until is None:
+            return []
+        until = self._published_until
+        return [fault for fault in self._line.ground_truth() if fault["start"] <= until]
 
     def run(
         self,
@@ -349,16 +364,16 @@ class MqttLinePublisher:
         """Publish the line in real time (times `speedup`) until the duration or the event.
 
         `duration_seconds` is wall-clock time (None: until `stop_event` is set).
-        Waits up to the ack timeout for outstanding acknowledgements at the end.
+        At the end it waits up to 10 s for outstanding acknowledgements (a
+        stopped broker should not hold up Ctrl-C) and reports the rest.
         """
         if duration_seconds is not None and duration_seconds < 0:
             raise ValueError(f"duration_seconds must be >= 0, got {duration_seconds!r}")
         stop = stop_event if stop_event is not None else threading.Event()
-        pending: list[mqtt.MQTTMessageInfo] = []
         messages = readings = 0
         first_ts: float | None = None
         last_ts: float | None = None
-        with self._connected() as client:
+        with self._connected() as (client, acks):
             _LOGGER.info(
                 "mqtt-line: publishing %d tags to %s:%d as %s payloads, QoS %d, speedup %g",
                 len(self._single_topic),
@@ -370,10 +385,10 @@ class MqttLinePublisher:
             )
             started = time.monotonic()
             deadline = None if duration_seconds is None else started + duration_seconds
-            plant_origin = self.line.clock
+            message = self._next_message()
+            plant_origin = message.ts
             behind_warned = False
             while True:
-                message = self._next_message()
                 due = started + (message.ts - plant_origin) / self._speedup
                 wait = due - time.monotonic()
                 if (
@@ -392,14 +407,15 @@ class MqttLinePublisher:
                         -wait,
                         self._speedup,
                     )
-                pending.append(self._publish(client, message.topic, message.payload))
+                self._publish(client, message.topic, message.payload)
+                self._published_until = message.ts
                 messages += 1
                 readings += len(message.keys)
                 first_ts = message.ts if first_ts is None else first_ts
                 last_ts = message.ts
-                if len(pending) >= 10_000:
-                    pending = [info for info in pending if not info.is_published()]
-            unacknowledged = _drain(pending, time.monotonic() + self._ack_timeout)
+                message = self._next_message()
+            drain_seconds = min(self._ack_timeout, _RUN_DRAIN_SECONDS)
+            unacknowledged = acks.wait_for(messages, drain_seconds)
             elapsed = time.monotonic() - started
         if unacknowledged:
             _LOGGER.warning(
@@ -446,9 +462,8 @@ class MqttLinePublisher:
         first_seq = self._next_seq
         kinds: list[str] = []
         keys: list[tuple[str, str]] = []
-        infos: list[mqtt.MQTTMessageInfo] = []
         valid_messages = 0
-        with self._connected() as client:
+        with self._connected() as (client, acks):
             started = time.monotonic()
             for i in range(count):
                 # Evenly spread: message i is bad when floor(i * bad / count) steps up.
@@ -459,14 +474,15 @@ class MqttLinePublisher:
                 else:
                     message = self._next_message()
                     topic, payload = message.topic, message.payload
+                    self._published_until = message.ts
                     keys.extend(message.keys)
                     valid_messages += 1
                 if rate_per_second is not None:
                     wait = started + i / rate_per_second - time.monotonic()
                     if wait > 0:
                         time.sleep(wait)
-                infos.append(self._publish(client, topic, payload))
-            unacknowledged = _drain(infos, time.monotonic() + self._ack_timeout)
+                self._publish(client, topic, payload)
+            unacknowledged = acks.wait_for(count, self._ack_timeout)
             elapsed = time.monotonic() - started
         if unacknowledged:
             raise TimeoutError(
@@ -511,18 +527,14 @@ class MqttLinePublisher:
         while True:
             t0 = line.clock
             t1 = t0 + _CHUNK_SECONDS
-            if self._fault_rate and t1 > self._fault_horizon:
-                window_end = self._fault_horizon + _FAULT_WINDOW_SECONDS
-                faults = random_faults(
-                    self._fault_rng,
-                    self._fault_horizon,
-                    window_end,
-                    self._fault_rate,
-                    tags=self.tags,
-                )
-                for fault in faults:
-                    line.inject(fault)
-                self._fault_horizon = window_end
+            if self._fault_rate:
+                # Drawn chunk by chunk, so only faults of sampled time exist.
+                for fault in random_faults(
+                    self._fault_rng, t0, t1, self._fault_rate, tags=self.tags
+                ):
+                    if fault.start_ts >= self._fault_free_from.get(fault.tag, t0):
+                        line.inject(fault)
+                        self._fault_free_from[fault.tag] = fault.end_ts
             samples = line.samples_between(t0, t1)
             for ts, group in itertools.groupby(samples, key=lambda sample: sample[1]):
                 yield from self._at_instant(ts, list(group))
@@ -553,18 +565,17 @@ class MqttLinePublisher:
 
     # -- the client ----------------------------------------------------------
 
-    def _publish(self, client: mqtt.Client, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
+    def _publish(self, client: mqtt.Client, topic: str, payload: bytes) -> None:
         info = client.publish(topic, payload, qos=self._qos)
         # NO_CONN: paho keeps a QoS > 0 message and sends it after reconnecting.
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+        if info.rc not in _QUEUED:
             raise RuntimeError(
                 f"mqtt-line: publishing to {topic} on {self.host}:{self.port} failed:"
                 f" {mqtt.error_string(info.rc)}"
             )
-        return info
 
     @contextlib.contextmanager
-    def _connected(self) -> Iterator[mqtt.Client]:
+    def _connected(self) -> Iterator[tuple[mqtt.Client, _Acks]]:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self._client_id or "",
@@ -593,8 +604,10 @@ class MqttLinePublisher:
             if not closing:
                 _LOGGER.warning("mqtt-line: lost %s (%s); reconnecting", where, reason)
 
+        acks = _Acks()
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
+        client.on_publish = acks.on_publish
         client.reconnect_delay_set(1, 30)
         try:
             client.connect(self.host, self.port, _DEFAULT_KEEPALIVE_SECONDS)
@@ -608,23 +621,33 @@ class MqttLinePublisher:
             if not connected.wait(self._connect_timeout) or refused:
                 why = refused[0] if refused else f"no CONNACK within {self._connect_timeout} s"
                 raise ConnectionError(f"mqtt-line: broker {where} did not accept us: {why}")
-            yield client
+            yield client, acks
         finally:
             closing = True
             client.disconnect()
             client.loop_stop()
 
 
-def _drain(infos: list[mqtt.MQTTMessageInfo], deadline: float) -> int:
-    """Wait until the broker acknowledged every message or the deadline; return the rest."""
-    for info in infos:
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-        else:
-            # Queued while disconnected: wait_for_publish would raise at once,
-            # yet paho delivers it after the reconnect.
-            while not info.is_published() and time.monotonic() < deadline:
-                time.sleep(_POLL_SECONDS)
-        if time.monotonic() >= deadline:
-            break
-    return sum(1 for info in infos if not info.is_published())
+class _Acks:
+    """Counts the messages the broker acknowledged (paho's on_publish, once per message).
+
+    Not `MQTTMessageInfo.wait_for_publish`: that raises for a message paho
+    queued while disconnected, though paho delivers it after reconnecting.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._count = 0
+
+    def on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        with self._changed:
+            self._count += 1
+            self._changed.notify_all()
+
+    def wait_for(self, total: int, timeout_seconds: float) -> int:
+        """Wait until `total` messages are acknowledged or the timeout; return how many are not."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._count >= total, timeout_seconds)
+            return max(0, total - self._count)

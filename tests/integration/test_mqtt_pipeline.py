@@ -16,7 +16,14 @@ from typing import Any
 
 import orjson
 import pytest
-from data_ingestion.testing import PipelineProcess, TopicReader, pipeline_config, publish, wait_until
+
+from data_ingestion.testing import (
+    PipelineProcess,
+    TopicReader,
+    pipeline_config,
+    publish,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
