@@ -187,7 +187,9 @@ def ensure_topics(config: KafkaSink) -> list[str]:
                             num_partitions=config.topic_partitions,
                             replication_factor=config.topic_replication_factor,
                         )
-                    ]
+                    ],
+                    # Producers must see the topic at once, or they log errors.
+                    wait_for_metadata=True,
                 )
                 created.append(topic)
             except TopicAlreadyExistsError:

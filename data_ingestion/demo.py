@@ -64,6 +64,11 @@ def _watch_kafka(bootstrap: str, topics: list[str], stop: threading.Event) -> No
 def run_demo(config_path: str, beam_args: list[str], stop: threading.Event) -> int:
     from simulators import run_simulation
 
+    # The demo's screen is the Kafka view; Beam's and Prism's start-up chatter
+    # stays in the logs of `run`.
+    for noisy in ("apache_beam", "PrismRunner"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
     system = DataIngestionSystem(config_path, beam_args=beam_args)
     config = system.initialize()
     topics = [config.kafka.topics.readings, config.kafka.topics.dead_letter]

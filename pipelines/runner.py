@@ -20,6 +20,7 @@ import threading
 from collections.abc import Sequence
 
 import apache_beam as beam
+import grpc
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from connectors.kafka import ensure_topics
@@ -54,12 +55,12 @@ def start(config: DataIngestionConfig, beam_args: Sequence[str]) -> PipelineResu
 def _state(result: PipelineResult) -> str | None:
     """The job's state, or None once its job server is gone.
 
-    Beam's launcher stops the job server itself on SIGINT (its own handler runs
-    before ours), after which the job cannot be asked anything.
+    Ctrl-C in a terminal signals the whole process group, so Prism may stop
+    before we cancel; then the job cannot be asked anything.
     """
     try:
         return str(result.state)
-    except ValueError:
+    except (ValueError, grpc.RpcError):
         return None
 
 
@@ -68,6 +69,8 @@ def wait_until_stopped(result: PipelineResult, stop: threading.Event, name: str)
     state = _state(result)
     while not stop.wait(_POLL_SECONDS):
         state = _state(result)
+        if state is None and stop.wait(_POLL_SECONDS):
+            return "STOPPED"  # Ctrl-C reached Prism before our handler ran
         if state is None or PipelineState.is_terminal(state):
             _LOGGER.error("pipeline %s ended: %s", name, state or "job server gone")
             return state or "UNKNOWN"

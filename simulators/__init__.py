@@ -38,6 +38,7 @@ from simulators.mqtt_line import (
     PayloadForm,
     RunResult,
     malformed_payloads,
+    topic_matches,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ _DEFAULT_QOS = 1
 _DEFAULT_TOPICS = ("plant/#",)
 _JOIN_POLL_SECONDS = 0.2
 _NOT_SIMULATED = ("opcua", "modbus", "camera")
+_SIMULATED_TOPICS = tuple(f"plant/{spec.area}/{spec.tag}" for spec in TAGS)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -156,6 +158,15 @@ def _publishers(
 ) -> list[MqttLinePublisher]:
     publishers = []
     for i, plan in enumerate(plans):
+        if not any(topic_matches(f, t) for f in plan.topic_filters for t in _SIMULATED_TOPICS):
+            _LOGGER.warning(
+                "simulator: the topics %s of %s match no simulated topic (plant/<area>/<tag>);"
+                " nothing is published to %s",
+                list(plan.topic_filters),
+                ", ".join(plan.sources),
+                plan.address,
+            )
+            continue
         publisher = MqttLinePublisher(
             plan.host,
             plan.port,
@@ -166,15 +177,6 @@ def _publishers(
             topic_filters=plan.topic_filters,
             fault_rate_per_hour=fault_rate_per_hour,
         )
-        if not publisher.tags:
-            _LOGGER.warning(
-                "simulator: the topics %s of %s match no simulated topic (plant/<area>/<tag>);"
-                " nothing is published to %s",
-                list(plan.topic_filters),
-                ", ".join(plan.sources),
-                plan.address,
-            )
-            continue
         publishers.append(publisher)
     return publishers
 

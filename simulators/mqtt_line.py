@@ -228,6 +228,7 @@ class _Message:
     topic: str
     payload: bytes
     ts: float
+    seq: int
     keys: tuple[tuple[str, str], ...]
 
 
@@ -321,11 +322,16 @@ class MqttLinePublisher:
             for spec in TAGS
             if spec.tag in chosen and wanted(f"{topic_prefix}/{spec.area}/{spec.tag}")
         }
-        multi_areas = set(AREAS) if payload_form == "multi" else set(_MIXED_MULTI_AREAS)
-        if payload_form == "single":
-            multi_areas = set()
+        if not self._single_topic:
+            raise ValueError(
+                f"topic_filters {list(filters or ())} match none of the simulated topics"
+                f" ({topic_prefix}/<area>/<tag>, e.g. {topic_prefix}/furnace/furnace.pressure)"
+            )
+        multi_areas = {"single": set(), "multi": set(AREAS), "mixed": _MIXED_MULTI_AREAS}[
+            payload_form
+        ]
         self._multi_areas = {area for area in multi_areas if wanted(f"{topic_prefix}/{area}")}
-        self._invalid_topics = list(self._single_topic.values()) or [f"{topic_prefix}/invalid"]
+        self._invalid_topics = list(self._single_topic.values())
         self._malformed: list[tuple[str, bytes]] | None = None
         self._line: GlassLine | None = None
         self._stream: Iterator[_Message] | None = None
@@ -459,7 +465,7 @@ class MqttLinePublisher:
         if self._malformed is None:
             self._malformed = malformed_payloads()
         invalid_total = int(count * invalid_fraction + 0.5)
-        first_seq = self._next_seq
+        first_seq: int | None = None
         kinds: list[str] = []
         keys: list[tuple[str, str]] = []
         valid_messages = 0
@@ -475,6 +481,7 @@ class MqttLinePublisher:
                     message = self._next_message()
                     topic, payload = message.topic, message.payload
                     self._published_until = message.ts
+                    first_seq = message.seq if first_seq is None else first_seq
                     keys.extend(message.keys)
                     valid_messages += 1
                 if rate_per_second is not None:
@@ -489,7 +496,9 @@ class MqttLinePublisher:
                 f"mqtt-line burst to {self.host}:{self.port}: {unacknowledged} of {count} messages"
                 f" were not acknowledged within {self._ack_timeout:.0f} s"
             )
-        seqs = range(first_seq, first_seq + valid_messages)
+        # Seqs are consecutive in stream order, held-back messages included.
+        start_seq = first_seq if first_seq is not None else self._next_seq
+        seqs = range(start_seq, start_seq + valid_messages)
         _LOGGER.info(
             "mqtt-line: burst of %d messages (%d readings, %d malformed) to %s:%d in %.2f s",
             count,
@@ -547,16 +556,18 @@ class MqttLinePublisher:
                 by_area.setdefault(TAG_BY_NAME[sample[0]].area, []).append(sample)
         for area, group in by_area.items():
             if area in self._multi_areas:
+                seq = self._seq()
                 values = {tag: value for tag, _, value, _ in group}
-                payload = orjson.dumps({"ts": iso, "values": values, "seq": self._seq()})
+                payload = orjson.dumps({"ts": iso, "values": values, "seq": seq})
                 keys = tuple((tag, iso) for tag in values)
-                yield _Message(f"{self._prefix}/{area}", payload, ts, keys)
+                yield _Message(f"{self._prefix}/{area}", payload, ts, seq, keys)
                 continue
             for tag, _, value, unit in group:
+                seq = self._seq()
                 payload = orjson.dumps(
-                    {"tag": tag, "value": value, "ts": iso, "unit": unit, "seq": self._seq()}
+                    {"tag": tag, "value": value, "ts": iso, "unit": unit, "seq": seq}
                 )
-                yield _Message(self._single_topic[tag], payload, ts, ((tag, iso),))
+                yield _Message(self._single_topic[tag], payload, ts, seq, ((tag, iso),))
 
     def _seq(self) -> int:
         seq = self._next_seq

@@ -181,21 +181,24 @@ def test_a_burst_with_a_fifth_malformed_arrives_exactly_as_reported(
     assert any(topic.count("/") == 2 for topic in topics), "mixed sends single messages"
 
 
-def test_a_second_burst_continues_without_reusing_keys_or_seqs(
+def test_runs_and_bursts_continue_one_stream_without_reusing_keys_or_seqs(
     private_mosquitto, collector: Collector
 ) -> None:
     publisher = MqttLinePublisher(
-        private_mosquitto.host, private_mosquitto.port, payload_form="single"
+        private_mosquitto.host, private_mosquitto.port, payload_form="single", speedup=600.0
     )
+    run = publisher.run(duration_seconds=0.2)
     first: BurstResult = publisher.publish_burst(300)
     second = publisher.publish_burst(300, rate_per_second=2000.0)
     received = collector.until_fence()
 
-    assert len(received) == 600
+    assert len(received) == run.messages + 600
+    assert (first.seqs.start, first.seqs.stop) == (run.messages, run.messages + 300)
     assert first.seqs.stop == second.seqs.start
     assert not set(first.reading_keys) & set(second.reading_keys)
     readings = valid_readings(received)
-    assert [seq for *_, seq in readings] == list(first.seqs) + list(second.seqs)
+    assert [seq for *_, seq in readings] == list(range(run.messages + 600))
+    assert len({(tag, ts) for tag, ts, _, _ in readings}) == len(readings)
 
 
 def test_injected_faults_reach_the_wire_and_are_labelled(

@@ -29,9 +29,11 @@ from simulators.glass_line import (
     Sample,
     random_faults,
 )
+from simulators import BrokerPlan, brokers_from_config
 from simulators.mqtt_line import (
     MALFORMED_KINDS,
     MALFORMED_REASONS,
+    MqttLinePublisher,
     iso_timestamp,
     malformed_payloads,
     topic_matches,
@@ -433,3 +435,62 @@ def test_the_ingestion_side_dead_letters_each_malformed_kind_with_its_reason() -
         )
         assert readings == [], kind
         assert [letter.reason for letter in letters] == [MALFORMED_REASONS[kind]], kind
+
+
+# -- publisher set-up (nothing connects before run or publish_burst) ----------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"qos": 3}, "qos must be 0, 1 or 2, got 3"),
+        ({"payload_form": "both"}, "payload_form 'both' is not one of single, multi, mixed"),
+        ({"speedup": 0.0}, "speedup must be > 0"),
+        ({"tags": ["furnace.crown_temp_z9"]}, "not Line C tags"),
+        ({"topic_filters": ["site/#"]}, "match none of the simulated topics"),
+    ],
+)
+def test_publisher_refuses_bad_arguments_before_connecting(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        MqttLinePublisher("127.0.0.1", 1, **kwargs)  # type: ignore[arg-type]
+
+
+def test_publisher_sends_only_what_its_topic_filters_match() -> None:
+    publisher = MqttLinePublisher("127.0.0.1", 1, topic_filters=["plant/iot/+", "plant/is/#"])
+    assert {TAG_BY_NAME[tag].area for tag in publisher.tags} == {"iot", "is"}
+
+
+def test_brokers_from_config_merges_sources_of_one_broker(monkeypatch) -> None:
+    monkeypatch.setenv("SIM_TEST_MQTT_PORT", "1884")
+    config = {
+        "sources": {
+            "mqtt": [
+                {"name": "a", "host": "127.0.0.1", "port": 1883, "topics": ["plant/furnace/#"]},
+                {
+                    "name": "b",
+                    "host": "127.0.0.1",
+                    "port": 1883,
+                    "topics": ["plant/iot/#"],
+                    "qos": 0,
+                },
+                {"name": "c", "port": "${SIM_TEST_MQTT_PORT}"},
+            ]
+        }
+    }
+    assert brokers_from_config(config) == [
+        BrokerPlan("127.0.0.1", 1883, 1, ("plant/furnace/#", "plant/iot/#"), ("a", "b")),
+        BrokerPlan("127.0.0.1", 1884, 1, ("plant/#",), ("c",)),
+    ]
+
+
+def test_brokers_from_config_names_every_bad_entry_by_path() -> None:
+    config = {"sources": {"mqtt": [{"port": "x"}, {"port": 1883, "qos": 5, "topics": "plant/#"}]}}
+    with pytest.raises(ValueError) as error:
+        brokers_from_config(config)
+    assert str(error.value).splitlines()[1:] == [
+        "  sources.mqtt[0].port: 'x' is not a port (use 1-65535)",
+        "  sources.mqtt[1].topics: 'plant/#' must be a list of topic filters",
+        "  sources.mqtt[1].qos: 5 is not a QoS (use 0, 1 or 2)",
+    ]
