@@ -8,23 +8,33 @@ import platform
 import statistics
 from pathlib import Path
 
-__all__ = ["group_cpu_seconds", "machine", "percentile"]
+__all__ = ["group_cpu_seconds", "pid_cpu_seconds", "machine", "percentile"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def group_cpu_seconds(pgid: int) -> float:
+def _stat_fields(pid: int | str) -> list[str] | None:
+    try:
+        # Fields after the command: state ppid pgrp ... utime(12) stime(13).
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def pid_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (all its threads)."""
+    fields = _stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def group_cpu_seconds(pgid: int, *, exclude: tuple[int, ...] = ()) -> float:
     """User + system CPU seconds of every live process in process group `pgid`."""
     total = 0
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
             continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # Fields after the command: state ppid pgrp ... utime(12) stime(13).
-        if int(fields[2]) == pgid:
+        fields = _stat_fields(entry.name)
+        if fields is not None and int(fields[2]) == pgid:
             total += int(fields[11]) + int(fields[12])
     return total / _TICKS
 

@@ -4,10 +4,12 @@ What it measures, on a private Mosquitto and the stack's Kafka:
 
 1. raw paho-mqtt: one client draining N queued QoS 1 messages from a
    persistent session (auto-ack) - the ceiling for any MQTT source here;
-2. the pipeline draining the same N queued messages into Kafka: readings per
+2. `ReadFromMqtt` alone on Prism (decode included, acks after commit, no
+   validation, no Kafka) draining the same queue: the connector's ratio;
+3. the pipeline draining the same N queued messages into Kafka: readings per
    second (first to last arrival in Kafka) and CPU seconds used by the
    pipeline's processes (Python SDK worker + Prism) over that window;
-3. end-to-end latency at a steady publish rate: Kafka arrival time minus the
+4. end-to-end latency at a steady publish rate: Kafka arrival time minus the
    reading's source timestamp (set at publish), p50/p99.
 
 Run: `python -m benchmarks mqtt_to_kafka [--messages N] [--readings-per-message K]`.
@@ -26,11 +28,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import apache_beam as beam
 import orjson
 import paho.mqtt.client as mqtt
+from apache_beam.options.pipeline_options import PipelineOptions
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks._measure import group_cpu_seconds, machine, percentile, process_cpu_seconds
+from connectors.config import MqttSource
+from connectors.mqtt import READINGS, ReadFromMqtt
 from data_ingestion import stack
 from data_ingestion.testing import (
     PipelineProcess,
@@ -115,6 +121,56 @@ def raw_paho(port: int, messages: list[tuple[str, bytes]]) -> dict[str, float]:
     return {
         "messages_per_second": rate,
         "messages_per_cpu_second": outcome["messages"] / max(outcome["cpu_seconds"], 1e-9),
+    }
+
+
+_RECEIVED = [0]
+
+
+class _CountReadings(beam.DoFn):
+    """The connector's output, counted in this process (Prism runs the SDK
+    worker in the launching process: LOOPBACK)."""
+
+    def process(self, batch: list[Any]) -> None:
+        _RECEIVED[0] += len(batch)
+
+
+def connector_only(
+    port: int, messages: list[tuple[str, bytes]], readings: int, prism: Path, broker_pid: int
+) -> dict[str, float]:
+    """`ReadFromMqtt` alone on Prism (no validation, no Kafka) draining a queue."""
+    client_id = f"bench-connector-{uuid.uuid4().hex[:6]}"
+    session = _session(port, client_id)
+    session.subscribe("plant/#", qos=1)
+    session.loop(1)
+    session.disconnect()
+    publish(port, messages)
+    source = MqttSource(
+        name="bench", port=port, topics=("plant/#",), client_id=client_id, protocol="3.1.1"
+    )
+    pipeline = beam.Pipeline(
+        options=PipelineOptions(
+            ["--runner=PrismRunner", f"--prism_location={prism}", "--streaming"]
+        )
+    )
+    outputs = pipeline | ReadFromMqtt([source])
+    outputs[READINGS] | beam.ParDo(_CountReadings())
+    _RECEIVED[0] = 0
+    result = pipeline.run()
+    try:
+        wait_until(lambda: _RECEIVED[0] > 0, timeout=120, step=lambda: time.sleep(0.01))
+        started = time.perf_counter()
+        own_group = os.getpgid(0)
+        cpu_start = group_cpu_seconds(own_group, exclude=(broker_pid,))
+        wait_until(lambda: _RECEIVED[0] >= readings, timeout=600, step=lambda: time.sleep(0.01))
+        elapsed = time.perf_counter() - started
+        cpu = group_cpu_seconds(own_group, exclude=(broker_pid,)) - cpu_start
+    finally:
+        result.cancel()
+    return {
+        "messages_per_second": len(messages) / elapsed,
+        "messages_per_cpu_second": len(messages) / cpu,
+        "cpu_cores_used": cpu / elapsed,
     }
 
 
@@ -246,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 count = max(1, args.messages // per_message) if per_message > 1 else args.messages
                 messages = _payloads(count, per_message)
                 raw = raw_paho(port, messages)
+                connector = connector_only(port, messages, count * per_message, prism, broker.pid)
                 run_dir = workdir / f"run-{per_message}"
                 run_dir.mkdir()
                 pipe = pipeline_drain(run_dir, kafka, port, prism, messages, count * per_message)
@@ -253,6 +310,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "readings_per_message": per_message,
                     "messages": count,
                     "raw_paho": raw,
+                    "connector_only": connector,
+                    "connector_ratio_to_raw_paho": {
+                        "messages_per_second": connector["messages_per_second"]
+                        / raw["messages_per_second"],
+                        "messages_per_cpu_second": connector["messages_per_cpu_second"]
+                        / raw["messages_per_cpu_second"],
+                    },
                     "pipeline": pipe,
                     "ratio_to_raw_paho_messages_per_second": pipe["messages_per_second"]
                     / raw["messages_per_second"],

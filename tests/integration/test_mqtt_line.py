@@ -226,18 +226,19 @@ def test_injected_faults_reach_the_wire_and_are_labelled(
 def test_run_publishes_plant_time_in_order_until_stopped(
     private_mosquitto, collector: Collector
 ) -> None:
+    # 100x is ~1,900 messages/s in single form: well within what one core publishes.
     publisher = MqttLinePublisher(
-        private_mosquitto.host, private_mosquitto.port, payload_form="single", speedup=600.0
+        private_mosquitto.host, private_mosquitto.port, payload_form="single", speedup=100.0
     )
     stop = threading.Event()
     results = []
     runner = threading.Thread(target=lambda: results.append(publisher.run(None, stop)))
     runner.start()
     try:
-        # Three firing-side heartbeats: at least two plant minutes, 240 instants.
+        # Two firing-side heartbeats: at least one plant minute, 120 instants.
         collector.wait_for(
-            lambda got: sum(t.endswith("furnace.firing_side") for t, _ in got) >= 3,
-            "three firing_side messages",
+            lambda got: sum(t.endswith("furnace.firing_side") for t, _ in got) >= 2,
+            "two firing_side messages",
         )
     finally:
         stop.set()
@@ -300,7 +301,7 @@ def test_run_simulation_publishes_what_the_config_subscribes_to(
     runner = threading.Thread(
         target=simulators.run_simulation,
         args=(str(path),),
-        kwargs={"speedup": 600.0, "stop_event": stop},
+        kwargs={"speedup": 100.0, "stop_event": stop},
     )
     runner.start()
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from simulators import BrokerPlan, brokers_from_config
 from simulators.glass_line import (
     DEFAULT_START_TS,
     FAULT_KINDS,
@@ -29,7 +30,6 @@ from simulators.glass_line import (
     Sample,
     random_faults,
 )
-from simulators import BrokerPlan, brokers_from_config
 from simulators.mqtt_line import (
     MALFORMED_KINDS,
     MALFORMED_REASONS,
