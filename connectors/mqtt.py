@@ -423,6 +423,11 @@ class _ParseMessages(beam.DoFn):
 class ReadFromMqtt(beam.PTransform):
     """Reads readings from MQTT brokers; returns `{READINGS, DEAD_LETTER}`.
 
+    Several sources are flattened into one output. A Flatten ends a fused
+    stage on Prism, so the sources would acknowledge before their records
+    reach a sink; for at-least-once, read each source with its own
+    `ReadFromMqtt` and give each its own sinks (as `pipelines.ingest` does).
+
     Args:
       sources: the configured MQTT sources; each gets its own client, session
         and transform label `ReadMqtt[<name>]`.

@@ -1,7 +1,7 @@
 """Assemble the ingestion pipeline from a validated config.
 
-sources -> Flatten -> ValidateReadings -> Kafka (`kafka.topics.readings`), and
-every dead letter (from the sources' decoders and from validation) -> Kafka
+Per source: read -> ValidateReadings -> Kafka (`kafka.topics.readings`), and
+its dead letters (from the decoder and from validation) -> Kafka
 (`kafka.topics.dead_letter`). Readings travel as batches (`list[Reading]`).
 
 Example::
@@ -38,14 +38,16 @@ def unsupported_sources(config: DataIngestionConfig) -> list[str]:
     ]
 
 
-def _flatten(label: str, pcolls: list[beam.PCollection]) -> beam.PCollection:
-    if len(pcolls) == 1:
-        return pcolls[0]
-    return pcolls | label >> beam.Flatten()
-
-
 def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
-    """Adds every configured source, validation and the Kafka sinks."""
+    """Adds, per configured source, its reader, validation and the Kafka sinks.
+
+    Each source is its own chain from reader to sinks, with no Flatten or
+    shuffle in between: the runner fuses it into one stage, so a source's
+    bundle commits (and the source acknowledges upstream) only after the
+    sinks flushed its records to Kafka. Prism does not fuse across a Flatten:
+    the source would acknowledge records that are still in the runner's
+    memory, and a crash would lose them.
+    """
     problems = unsupported_sources(config)
     if problems:
         raise ValueError("; ".join(problems))
@@ -53,14 +55,22 @@ def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
         raise ValueError("no sources configured: declare at least one under sources.mqtt")
     settings = config.pipeline
     topics = config.kafka.topics
-    mqtt = pipeline | "ReadFromMqtt" >> ReadFromMqtt(
-        config.sources.mqtt,
-        max_skew_seconds=settings.max_skew_seconds,
-        max_records_per_bundle=settings.max_records_per_bundle,
-        max_bundle_seconds=settings.max_bundle_seconds,
-        poll_interval_seconds=settings.poll_interval_seconds,
-    )
-    checked = mqtt[READINGS] | "Validate" >> ValidateReadings(config.validation)
-    checked[VALID] | "WriteReadings" >> WriteToKafka(config.kafka, topic=topics.readings)
-    dead_letter = _flatten("FlattenDeadLetter", [mqtt[DEAD_LETTER], checked[INVALID]])
-    dead_letter | "WriteDeadLetter" >> WriteToKafka(config.kafka, topic=topics.dead_letter)
+    for source in config.sources.mqtt:
+        name = f"mqtt[{source.name}]"
+        mqtt = pipeline | f"Read[{name}]" >> ReadFromMqtt(
+            [source],
+            max_skew_seconds=settings.max_skew_seconds,
+            max_records_per_bundle=settings.max_records_per_bundle,
+            max_bundle_seconds=settings.max_bundle_seconds,
+            poll_interval_seconds=settings.poll_interval_seconds,
+        )
+        checked = mqtt[READINGS] | f"Validate[{name}]" >> ValidateReadings(config.validation)
+        checked[VALID] | f"WriteReadings[{name}]" >> WriteToKafka(
+            config.kafka, topic=topics.readings
+        )
+        mqtt[DEAD_LETTER] | f"WriteUndecodable[{name}]" >> WriteToKafka(
+            config.kafka, topic=topics.dead_letter
+        )
+        checked[INVALID] | f"WriteInvalid[{name}]" >> WriteToKafka(
+            config.kafka, topic=topics.dead_letter
+        )
