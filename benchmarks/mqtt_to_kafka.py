@@ -43,22 +43,22 @@ from data_ingestion.testing import (
     TopicReader,
     pipeline_config,
     publish,
+    recent_base_ms,
     wait_until,
 )
-
-_BASE_MS = 1_795_802_400_000
 
 
 def _payloads(
     count: int, readings_per_message: int, *, now_ms: int | None = None
 ) -> list[tuple[str, bytes]]:
     messages = []
+    base_ms = recent_base_ms()
     for i in range(count):
-        ts = now_ms if now_ms is not None else _BASE_MS + i
+        ts = now_ms if now_ms is not None else base_ms + i
         if readings_per_message == 1:
             payload = {
                 "tag": "furnace.crown_temp_z2",
-                "value": 1550.0 + i % 50,
+                "value": 1550.0 + (i % 50) / 10,
                 "ts": ts,
                 "unit": "degC",
             }

@@ -746,6 +746,9 @@ class KafkaSink:
 
     bootstrap_servers: str = _DEFAULT_KAFKA_BOOTSTRAP_SERVERS
     topics: KafkaTopics = KafkaTopics()
+    # kafka-python (the design's client) or confluent-kafka (librdkafka: about
+    # five times the records per CPU-second; see README, "Performance").
+    client: Literal["kafka-python", "confluent-kafka"] = "kafka-python"
     client_id: str = _DEFAULT_KAFKA_CLIENT_ID
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     linger_ms: int = _DEFAULT_KAFKA_LINGER_MS
@@ -776,8 +779,14 @@ class KafkaSink:
                     "host:port[,host:port] (e.g. 127.0.0.1:9092)"
                 )
                 break
+        if self.client == "confluent-kafka" and importlib.util.find_spec("confluent_kafka") is None:
+            errors.append(
+                f"{at('client')}: 'confluent-kafka' needs the confluent-kafka package "
+                "(pip install confluent-kafka), or use kafka-python"
+            )
+        # librdkafka has every codec built in; kafka-python needs a package each.
         module, package = _COMPRESSION_PACKAGES.get(self.compression_type, ("", ""))
-        if module and importlib.util.find_spec(module) is None:
+        if self.client == "kafka-python" and module and importlib.util.find_spec(module) is None:
             errors.append(
                 f"{at('compression_type')}: {self.compression_type!r} needs the {package} "
                 f"package (pip install {package}), or use gzip"

@@ -146,6 +146,12 @@ class TopicReader:
         self._consumer.close()
 
 
+def recent_base_ms(seconds_ago: float = 3600.0) -> int:
+    """An epoch-milliseconds base for test timestamps: recent enough for the
+    stale-timestamp rule, far enough back that `base + i ms` is never future."""
+    return int((time.time() - seconds_ago) * 1000)
+
+
 def wait_until(
     condition: Callable[[], bool],
     *,

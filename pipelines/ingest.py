@@ -19,7 +19,7 @@ from connectors.kafka import WriteToKafka
 from connectors.mqtt import DEAD_LETTER, READINGS, ReadFromMqtt
 from pipelines.config import DataIngestionConfig
 from transforms.validation import DEAD_LETTER as INVALID
-from transforms.validation import VALID, ValidateReadings
+from transforms.validation import VALID, ValidateReadings, ValidationState
 
 __all__ = ["build_ingest", "unsupported_sources"]
 
@@ -55,6 +55,9 @@ def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
         raise ValueError("no sources configured: declare at least one under sources.mqtt")
     settings = config.pipeline
     topics = config.kafka.topics
+    # One validation state for every source: context windows are plant-wide
+    # (a firing reversal read from one source suspends rules on another's tags).
+    validation_state = ValidationState(config.validation)
     for source in config.sources.mqtt:
         name = f"mqtt[{source.name}]"
         mqtt = pipeline | f"Read[{name}]" >> ReadFromMqtt(
@@ -64,7 +67,9 @@ def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
             max_bundle_seconds=settings.max_bundle_seconds,
             poll_interval_seconds=settings.poll_interval_seconds,
         )
-        checked = mqtt[READINGS] | f"Validate[{name}]" >> ValidateReadings(config.validation)
+        checked = mqtt[READINGS] | f"Validate[{name}]" >> ValidateReadings(
+            config.validation, state=validation_state
+        )
         checked[VALID] | f"WriteReadings[{name}]" >> WriteToKafka(
             config.kafka, topic=topics.readings
         )

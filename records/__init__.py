@@ -99,6 +99,10 @@ class Reason(enum.StrEnum):
     MISSING_VALUE = "missing_value"
     OUT_OF_RANGE = "out_of_range"
     RATE_OF_CHANGE = "rate_of_change"
+    SENTINEL = "sentinel"
+    INSTRUMENT_LIMIT = "instrument_limit"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    STALE_TIMESTAMP = "stale_timestamp"
 
 
 coders.registry.register_coder(Reading, coders.RowCoder)

@@ -16,15 +16,18 @@ from data_ingestion.testing import (
     TopicReader,
     pipeline_config,
     publish,
+    recent_base_ms,
     wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+_BASE_MS = recent_base_ms()
+
 
 def _messages(start: int, count: int) -> list[tuple[str, bytes]]:
     return [
-        ("plant/furnace/crown_temp_z2", b'{"value": 1550, "ts": %d}' % (1_795_802_400_000 + i))
+        ("plant/furnace/crown_temp_z2", b'{"value": 1550, "ts": %d}' % (_BASE_MS + i))
         for i in range(start, start + count)
     ]
 
@@ -69,7 +72,7 @@ def test_kafka_outage_loses_nothing(tmp_path: Path, private_kafka: Any, prism_bi
         publish(mqtt_port, _messages(1_000, 500))
 
         reader = TopicReader(kafka, topics["readings"])
-        expected = {1_795_802_400_000 + i for i in range(1_500)}
+        expected = {_BASE_MS + i for i in range(1_500)}
 
         def arrived() -> set[int]:
             from records import parse_ts

@@ -22,13 +22,14 @@ from data_ingestion.testing import (
     TopicReader,
     pipeline_config,
     publish,
+    recent_base_ms,
     wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 _ARRIVAL_TIMEOUT = 180.0
-_BASE_MS = 1_795_802_400_000  # 2026-11-27T18:00:00Z
+_BASE_MS = recent_base_ms()
 
 # Malformed payloads of every kind, with the reason the pipeline must give.
 _MALFORMED: list[tuple[bytes, str]] = [
@@ -91,7 +92,7 @@ def mixed_messages(
                 (
                     "plant/furnace/crown_temp_z1",
                     orjson.dumps(
-                        {"value": 1500.0 + kind, "ts": format_ts(ts / 1000), "unit": "degC"}
+                        {"value": 1500.0 + kind / 10, "ts": format_ts(ts / 1000), "unit": "degC"}
                     ),
                 )
             )

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from data_ingestion.main import DataIngestionSystem
-from data_ingestion.testing import REPO, TopicReader, pipeline_config, publish, wait_until
+from data_ingestion.testing import (
+    REPO,
+    TopicReader,
+    pipeline_config,
+    publish,
+    recent_base_ms,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +72,8 @@ def test_system_facade_starts_streams_and_stops(
     system = DataIngestionSystem(config_path, beam_args=[f"--prism_location={prism_binary}"])
     reader = TopicReader(kafka_bootstrap, topics["readings"])
 
+    base_ms = recent_base_ms()
+
     async def scenario() -> None:
         await system.initialize_system()
         await system.start_system()
@@ -72,7 +81,7 @@ def test_system_facade_starts_streams_and_stops(
             messages = [
                 (
                     "plant/furnace/crown_temp_z2",
-                    b'{"value": %d, "ts": %d}' % (1550 + i, 1795802400000 + i),
+                    b'{"value": %d, "ts": %d}' % (1550 + i, base_ms + i),
                 )
                 for i in range(50)
             ]
