@@ -181,8 +181,12 @@ def pipeline_drain(
     prism: Path,
     messages: list[tuple[str, bytes]],
     readings: int,
+    kafka_client: str,
 ) -> dict[str, float]:
-    config, topics = pipeline_config(workdir, kafka_bootstrap=kafka, mqtt_port=port)
+    workdir.mkdir(parents=True)
+    config, topics = pipeline_config(
+        workdir, kafka_bootstrap=kafka, mqtt_port=port, kafka_client=kafka_client
+    )
     process = PipelineProcess(config, prism, workdir / "pipeline.log")
     # First run creates the persistent session (and topics), then stops.
     process.start()
@@ -287,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--readings-per-message", type=int, nargs="+", default=[1, 20])
     parser.add_argument("--latency-rate", type=float, default=1_000.0)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--kafka-client", nargs="+", default=["kafka-python", "confluent-kafka"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -305,7 +310,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 connector = connector_only(port, messages, count * per_message, prism, broker.pid)
                 run_dir = workdir / f"run-{per_message}"
                 run_dir.mkdir()
-                pipe = pipeline_drain(run_dir, kafka, port, prism, messages, count * per_message)
+                pipe = {
+                    client: pipeline_drain(
+                        run_dir / client, kafka, port, prism, messages, count * per_message, client
+                    )
+                    for client in args.kafka_client
+                }
                 run = {
                     "readings_per_message": per_message,
                     "messages": count,
@@ -317,9 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "messages_per_cpu_second": connector["messages_per_cpu_second"]
                         / raw["messages_per_cpu_second"],
                     },
-                    "pipeline": pipe,
-                    "ratio_to_raw_paho_messages_per_second": pipe["messages_per_second"]
-                    / raw["messages_per_second"],
+                    "pipeline_by_kafka_client": pipe,
                 }
                 results["runs"].append(run)
                 print(json.dumps(run, indent=2), flush=True)

@@ -34,6 +34,7 @@ def pipeline_config(
     mqtt_port: int,
     topic_filter: str = "plant/#",
     qos: int = 1,
+    kafka_client: str = "kafka-python",
 ) -> tuple[Path, dict[str, str]]:
     """The demo config, pointed at a private broker and fresh Kafka topics."""
     config = json.loads((REPO / "data_ingestion_config.json").read_text())
@@ -48,6 +49,7 @@ def pipeline_config(
     config["kafka"]["bootstrap_servers"] = kafka_bootstrap
     config["kafka"]["topics"] = topics
     config["kafka"]["topic_partitions"] = 2
+    config["kafka"]["client"] = kafka_client
     mqtt = config["sources"]["mqtt"][0]
     mqtt.update(
         {
