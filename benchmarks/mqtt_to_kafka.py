@@ -103,13 +103,20 @@ def _raw_paho_receive(port: int, client_id: str, count: int, result: Any) -> Non
     result.put({"messages": received, "seconds": elapsed, "cpu_seconds": cpu})
 
 
-def raw_paho(port: int, messages: list[tuple[str, bytes]]) -> dict[str, float]:
-    client_id = f"bench-raw-{uuid.uuid4().hex[:6]}"
+def _queue_for_new_session(port: int, prefix: str, messages: list[tuple[str, bytes]]) -> str:
+    """Creates a persistent session subscribed to `plant/#`, queues `messages`
+    for it while it is offline, and returns its client id."""
+    client_id = f"{prefix}-{uuid.uuid4().hex[:6]}"
     client = _session(port, client_id)
     client.subscribe("plant/#", qos=1)
     client.loop(1)
     client.disconnect()
     publish(port, messages)
+    return client_id
+
+
+def raw_paho(port: int, messages: list[tuple[str, bytes]]) -> dict[str, float]:
+    client_id = _queue_for_new_session(port, "bench-raw", messages)
     result: Any = multiprocessing.Queue()
     child = multiprocessing.Process(
         target=_raw_paho_receive, args=(port, client_id, len(messages), result)
@@ -139,12 +146,7 @@ def connector_only(
     port: int, messages: list[tuple[str, bytes]], readings: int, prism: Path, broker_pid: int
 ) -> dict[str, float]:
     """`ReadFromMqtt` alone on Prism (no validation, no Kafka) draining a queue."""
-    client_id = f"bench-connector-{uuid.uuid4().hex[:6]}"
-    session = _session(port, client_id)
-    session.subscribe("plant/#", qos=1)
-    session.loop(1)
-    session.disconnect()
-    publish(port, messages)
+    client_id = _queue_for_new_session(port, "bench-connector", messages)
     source = MqttSource(
         name="bench", port=port, topics=("plant/#",), client_id=client_id, protocol="3.1.1"
     )
