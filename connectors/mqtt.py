@@ -433,8 +433,9 @@ class ReadFromMqtt(beam.PTransform):
         and transform label `ReadMqtt[<name>]`.
       max_skew_seconds: how far behind receive time the watermark stays (and
         where it moves when a source is idle). Default 5.0.
-      max_records_per_bundle: readings-side cap on one bundle before the
-        source self-checkpoints (and, on commit, acknowledges). Default 10,000.
+      max_records_per_bundle: messages in one bundle before the source
+        self-checkpoints (and, on commit, acknowledges); rounded to whole
+        batches of `max_batch`. Default 10,000.
       max_bundle_seconds: time cap on one bundle; bounds the acknowledgement
         latency and so the broker's in-flight window needs. Default 1.0.
       poll_interval_seconds: resume delay when no message is waiting.
