@@ -2,7 +2,8 @@
 
 `Reading` is one sample of one plant tag; `DeadLetter` is input that could not
 become a trusted reading, kept with a stable `reason` code and the original
-payload so nothing is lost. Both are Beam schema types (NamedTuple + RowCoder):
+payload so nothing is lost; `Feature` is one tag's statistics over one
+event-time window (`transforms.features`). All are Beam schema types (NamedTuple + RowCoder):
 cheap to encode and portable across runners.
 
 Readings travel between transforms in batches (`list[Reading]`, one element per
@@ -41,6 +42,8 @@ __all__ = [
     "reading_from_json",
     "dead_letter_to_json",
     "reading_key",
+    "Feature",
+    "feature_to_json",
 ]
 
 
@@ -105,8 +108,48 @@ class Reason(enum.StrEnum):
     STALE_TIMESTAMP = "stale_timestamp"
 
 
+class Feature(NamedTuple):
+    """Statistics of one tag over one event-time window (one pane of it).
+
+    `window` is the configured window's name (`1m`, `10m`); `window_start`
+    and `window_end` bound it (seconds since the epoch, end exclusive).
+    `count` is every sample in the window, `bad_fraction` the share of them
+    with quality `bad`; the statistics use the other samples only (a DCS's
+    "bad" is a held or failed value, not a measurement) and are None when
+    there is none (`std` needs two, `slope_per_min` two distinct times).
+    `std` is the sample standard deviation (n - 1); `slope_per_min` the least
+    squares slope in tag units per minute; `first`/`last` the values with the
+    earliest/latest `ts`. `completeness` is `count` over the expected number
+    of samples, None when the tag has no expected period configured.
+    `pane_index` counts the window's emissions (0 on time); `is_late` marks a
+    re-emission after late data, which repeats the whole window's statistics.
+    """
+
+    source: str
+    device: str
+    tag: str
+    unit: str
+    window: str
+    window_start: float
+    window_end: float
+    count: int  # type: ignore[assignment]  # shadows tuple.count: the JSON key and the statistic
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    first: float | None
+    last: float | None
+    slope_per_min: float | None
+    bad_fraction: float
+    completeness: float | None
+    pane_index: int
+    is_late: bool
+    meta: Mapping[str, str]
+
+
 coders.registry.register_coder(Reading, coders.RowCoder)
 coders.registry.register_coder(DeadLetter, coders.RowCoder)
+coders.registry.register_coder(Feature, coders.RowCoder)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -175,6 +218,34 @@ def dead_letter_to_json(letter: DeadLetter) -> bytes:
             "received_at": format_ts(letter.received_at),
             "payload": letter.payload,
             "payload_encoding": letter.payload_encoding,
+        }
+    )
+
+
+def feature_to_json(feature: Feature) -> bytes:
+    """One JSON object per feature record (topic `kafka.topics.features`)."""
+    return orjson.dumps(
+        {
+            "source": feature.source,
+            "device": feature.device,
+            "tag": feature.tag,
+            "unit": feature.unit,
+            "window": feature.window,
+            "window_start": format_ts(feature.window_start),
+            "window_end": format_ts(feature.window_end),
+            "count": feature.count,
+            "mean": feature.mean,
+            "std": feature.std,
+            "min": feature.min,
+            "max": feature.max,
+            "first": feature.first,
+            "last": feature.last,
+            "slope_per_min": feature.slope_per_min,
+            "bad_fraction": feature.bad_fraction,
+            "completeness": feature.completeness,
+            "pane_index": feature.pane_index,
+            "is_late": feature.is_late,
+            "meta": feature.meta if type(feature.meta) is dict else dict(feature.meta),
         }
     )
 
