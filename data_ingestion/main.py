@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from data_ingestion.setup import DataIngestionSetup
-from pipelines.config import DataIngestionConfig
+from pipelines.config import DataIngestionConfig, parse_config, to_dict
 from pipelines.ingest import unsupported_sources
 
 __all__ = ["DataIngestionSystem"]
@@ -78,14 +78,13 @@ class DataIngestionSystem:
         self._beam_args = list(beam_args)
         self.config: DataIngestionConfig | None = None
         self._stop = threading.Event()
-        self._started = threading.Event()
         self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
     def initialize(self) -> DataIngestionConfig:
         """Loads and validates the config; raises `ConfigError` listing every problem."""
         if isinstance(self._source, DataIngestionConfig):
-            config = self._source
+            # Built in Python, so never checked: the same checks as a file's.
+            config = parse_config(to_dict(self._source))
         else:
             config = DataIngestionSetup(self._source, overrides=self._overrides).load_config()
         problems = unsupported_sources(config)

@@ -66,7 +66,6 @@ def _state(result: PipelineResult) -> str | None:
 
 def wait_until_stopped(result: PipelineResult, stop: threading.Event, name: str) -> str:
     """Blocks until `stop` is set or the job ends, then cancels it if running."""
-    state = _state(result)
     while not stop.wait(_POLL_SECONDS):
         state = _state(result)
         if state is None and stop.wait(_POLL_SECONDS):
