@@ -459,6 +459,13 @@ class ReadFromMqtt(beam.PTransform):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._sources = tuple(sources)
+        for source in self._sources:
+            if source.qos == 2:
+                _LOGGER.warning(
+                    "mqtt[%s]: QoS 2 hands a message over on receipt (PUBREC), before the "
+                    "pipeline commits it, so a crash can lose it; use QoS 1 for no loss",
+                    source.name,
+                )
         self._max_skew_seconds = max_skew_seconds
         self._max_batches_per_bundle = max(1, max_records_per_bundle // max_batch)
         self._max_bundle_seconds = max_bundle_seconds
