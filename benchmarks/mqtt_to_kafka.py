@@ -268,10 +268,10 @@ def latency(
         publisher.start()
 
         def collect() -> None:
-            for batch in reader._consumer.poll(timeout_ms=100).values():
-                arrived = time.time()
-                for message in batch:
-                    delays.append(arrived - message.timestamp / 1000)
+            seen = len(reader.messages)
+            reader.poll(100)
+            arrived = time.time()
+            delays.extend(arrived - m.timestamp / 1000 for m in reader.messages[seen:])
 
         wait_until(lambda: len(delays) >= count, timeout=seconds + 120, step=collect)
         publisher.join()

@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -48,20 +49,21 @@ Headers = list[tuple[str, str | bytes | None]]
 # (key, value, timestamp_ms, headers) ready for KafkaProducer.send.
 _Encoded = tuple[bytes, bytes, int, Headers]
 
-_READING_HEADERS_BY_SOURCE: dict[str, Headers] = {}
 
-
+@functools.lru_cache(maxsize=64)
 def _headers(source: str, schema: bytes) -> Headers:
+    # A handful of (source, schema) pairs: build each header list once, not
+    # per record. Producers only read it.
     return [("source", source.encode()), ("schema", schema)]
 
 
 def encode_reading(reading: Reading) -> _Encoded:
-    headers = _READING_HEADERS_BY_SOURCE.get(reading.source)
-    if headers is None:
-        headers = _READING_HEADERS_BY_SOURCE.setdefault(
-            reading.source, _headers(reading.source, b"reading/1")
-        )
-    return reading_key(reading), reading_to_json(reading), int(reading.ts * 1000), headers
+    return (
+        reading_key(reading),
+        reading_to_json(reading),
+        int(reading.ts * 1000),
+        _headers(reading.source, b"reading/1"),
+    )
 
 
 def encode_dead_letter(letter: DeadLetter) -> _Encoded:
@@ -118,7 +120,7 @@ class _KeyHashCache(DefaultPartitioner):
 
 
 def producer_settings(config: KafkaSink) -> dict[str, Any]:
-    """kafka-python producer settings for `config` (also used by benchmarks)."""
+    """kafka-python producer settings for `config`."""
     settings: dict[str, Any] = {
         "bootstrap_servers": config.bootstrap_servers.split(","),
         "client_id": config.client_id,
@@ -209,7 +211,7 @@ def ensure_topics(config: KafkaSink) -> list[str]:
 
 
 def confluent_settings(config: KafkaSink) -> dict[str, Any]:
-    """librdkafka settings for `config` (also used by benchmarks)."""
+    """librdkafka (confluent-kafka) settings for `config`."""
     settings: dict[str, Any] = {
         "bootstrap.servers": config.bootstrap_servers,
         "client.id": config.client_id,
