@@ -39,7 +39,15 @@ from kafka.errors import TopicAlreadyExistsError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from connectors.config import KafkaSink
-from records import DeadLetter, Reading, dead_letter_to_json, reading_key, reading_to_json
+from records import (
+    DeadLetter,
+    Feature,
+    Reading,
+    dead_letter_to_json,
+    feature_to_json,
+    reading_key,
+    reading_to_json,
+)
 
 __all__ = ["WriteToKafka", "ensure_topics", "producer_settings", "confluent_settings"]
 
@@ -75,9 +83,20 @@ def encode_dead_letter(letter: DeadLetter) -> _Encoded:
     )
 
 
+def encode_feature(feature: Feature) -> _Encoded:
+    # Keyed like its tag's readings; stamped with the window's end, when it is known.
+    return (
+        f"{feature.device}/{feature.tag}".encode(),
+        feature_to_json(feature),
+        int(feature.window_end * 1000),
+        _headers(feature.source, b"feature/1"),
+    )
+
+
 _ENCODERS: dict[type, Callable[[Any], _Encoded]] = {
     Reading: encode_reading,
     DeadLetter: encode_dead_letter,
+    Feature: encode_feature,
 }
 
 

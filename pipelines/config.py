@@ -42,6 +42,7 @@ from connectors.config import (
     join_path,
     load_dataclass,
 )
+from transforms.features_config import FeaturesConfig
 from transforms.validation_config import ValidationConfig
 
 __all__ = [
@@ -132,8 +133,8 @@ class DataIngestionConfig:
     kafka: KafkaSink = KafkaSink()
     sources: SourcesSection = SourcesSection()
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+    features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
     # Free-form until their transforms define typed sections.
-    features: dict[str, Any] = dataclasses.field(default_factory=dict)
     anomaly: dict[str, Any] = dataclasses.field(default_factory=dict)
     monitoring: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -2,7 +2,8 @@
 
 Per source: read -> ValidateReadings -> Kafka (`kafka.topics.readings`), and
 its dead letters (from the decoder and from validation) -> Kafka
-(`kafka.topics.dead_letter`). Readings travel as batches (`list[Reading]`).
+(`kafka.topics.dead_letter`); the valid readings also -> ComputeFeatures ->
+Kafka (`kafka.topics.features`). Readings travel as batches (`list[Reading]`).
 
 Example::
 
@@ -18,6 +19,7 @@ import apache_beam as beam
 from connectors.kafka import WriteToKafka
 from connectors.mqtt import DEAD_LETTER, READINGS, ReadFromMqtt
 from pipelines.config import DataIngestionConfig
+from transforms.features import ComputeFeatures
 from transforms.validation import DEAD_LETTER as INVALID
 from transforms.validation import VALID, ValidateReadings, ValidationState
 
@@ -79,3 +81,7 @@ def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
         checked[INVALID] | f"WriteInvalid[{name}]" >> WriteToKafka(
             config.kafka, topic=topics.dead_letter
         )
+        # Behind a shuffle: not covered by the source's acknowledgement (see
+        # transforms.features), recomputable from the readings topic.
+        features = checked[VALID] | f"Features[{name}]" >> ComputeFeatures(config.features)
+        features | f"WriteFeatures[{name}]" >> WriteToKafka(config.kafka, topic=topics.features)

@@ -1,11 +1,5 @@
 """Per-tag statistics over event-time windows: the `glass.features` stream.
 
-Status: tested, not yet in the ingestion pipeline. On the FnApiRunner it costs
-about 500 us per reading (window + combine ~100 us, the lateness timers most of
-the rest), against the ~10 us the 100k readings/s goal leaves; it gets wired in
-once batches are pre-aggregated per (tag, window) before the shuffle and the
-cost is measured on Prism.
-
 `ComputeFeatures(config)` takes validated reading batches (`list[Reading]`
 elements, as `ValidateReadings` emits them) and returns one `Feature` per
 tag, configured window and pane: count, mean, sample std, min, max, first and
@@ -14,14 +8,16 @@ samples, and completeness (count / expected count, when the tag's sample
 period is configured). Windows are on each reading's own `ts` (event time),
 not on the batch's timestamp: a batch can hold samples from several windows.
 
-How it runs, per configured window: each batch is exploded into
-`((source, device, tag, unit), (ts, value, bad))` elements stamped with `ts`
--> `WindowInto` -> `CombinePerKey(TagStatsFn())`, whose accumulators merge
-(counts, running mean and co-moments, min/max, first/last), so the runner
-pre-aggregates each bundle before the shuffle (combiner lifting) and the
-shuffle carries one accumulator per tag and window, not every reading ->
-`_EmitFeatures`, a stateful step that sees only the combined panes (a few
-per tag and window) and turns them into `Feature` records.
+How it runs: each bundle's readings are summarised per tag and time slice
+(a slice is one window period long: every reading of a slice lies in the
+same windows) into `TagStatsFn` accumulators, which merge (counts, running
+mean and co-moments, min/max, first/last). Only those partial accumulators
+go on, one per tag and slice per bundle, stamped with the slice's start ->
+`WindowInto` -> `CombinePerKey(MergeStatsFn())` -> `_EmitFeatures`, a
+stateful step that sees only the combined panes (a few per tag and window)
+and turns them into `Feature` records. Beam's per-element costs (windowing,
+combiner lifting, the shuffle: ~100 us per element in Python) are paid per
+tag and slice, not per reading. Windows with the same period share slices.
 
 Lateness: the on-time pane fires when the watermark passes the window's end.
 A reading that arrives later, while the watermark is within
@@ -74,17 +70,20 @@ from apache_beam import coders
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, userstate, window
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.utils.windowed_value import PaneInfoTiming
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from records import Feature, Quality, Reading
 from transforms.features_config import FeaturesConfig, FeatureWindow
+from transforms.sharding import shard_of
 
 __all__ = [
     "ComputeFeatures",
     "TagStatsFn",
     "WindowStats",
     "WindowProgress",
-    "explode_batch",
+    "MergeStatsFn",
+    "add_batch",
     "next_pane",
 ]
 
@@ -214,14 +213,36 @@ class TagStatsFn(beam.CombineFn):
         )
 
 
-def explode_batch(
-    batch: list[Reading], selected: dict[str, bool], config: FeaturesConfig
-) -> Iterator[window.TimestampedValue]:
-    """One `(key, (ts, value, bad))` per selected reading, stamped with its `ts`.
+class MergeStatsFn(TagStatsFn):
+    """`TagStatsFn` over partial accumulators (from `_PreAggregateDoFn`) instead of samples."""
 
-    `selected` memoises `config.selects` per tag (fnmatch per reading would cost
-    more than the rest of this step).
+    def add_input(self, acc: list[Any], partial: list[Any]) -> list[Any]:  # type: ignore[override]
+        return self.merge_accumulators((acc, partial))
+
+
+_STATS = TagStatsFn()
+_GLOBAL = (window.GlobalWindow(),)
+
+# (key, slice start in micros): one bundle's partial statistics of a tag.
+SliceKey = tuple[Key, int]
+
+
+def add_batch(
+    batch: list[Reading],
+    partials: dict[SliceKey, list[Any]],
+    slice_micros: int,
+    selected: dict[str, bool],
+    config: FeaturesConfig,
+) -> None:
+    """Adds each selected reading to its tag's partial statistics for its time slice.
+
+    A slice is `slice_micros` long and starts at a multiple of it since the
+    epoch, with Beam's own micros arithmetic (`int(ts * 1e6)`), so every
+    reading of a slice falls in the same windows (a window's size is a
+    multiple of its period). `selected` memoises `config.selects` per tag
+    (fnmatch per reading would cost more than the statistics).
     """
+    add = _STATS.add_input
     for reading in batch:
         tag = reading.tag
         chosen = selected.get(tag)
@@ -229,27 +250,47 @@ def explode_batch(
             chosen = selected[tag] = config.selects(tag)
         if not chosen:
             continue
+        ts = reading.ts
+        key = ((reading.source, reading.device, tag, reading.unit), int(ts * 1e6) // slice_micros)
+        acc = partials.get(key)
+        if acc is None:
+            acc = partials[key] = _STATS.create_accumulator()
         value = reading.value
-        bad = reading.quality == _BAD or value is None
-        yield window.TimestampedValue(
-            (
-                (reading.source, reading.device, tag, reading.unit),
-                (reading.ts, _NAN if value is None else value, bad),
-            ),
-            reading.ts,
-        )
+        if value is None or reading.quality == _BAD:
+            add(acc, (ts, _NAN, True))
+        else:
+            add(acc, (ts, value, False))
 
 
-class _ExplodeDoFn(beam.DoFn):
-    def __init__(self, config: FeaturesConfig) -> None:
+class _PreAggregateDoFn(beam.DoFn):
+    """Reading batches -> one partial accumulator per tag and time slice per bundle.
+
+    Beam Python spends ~100 us per element between windowing, combiner lifting
+    and the shuffle; adding a sample to an accumulator costs ~2 us. So the
+    bundle is summarised here and only `(key, accumulator)` per tag and slice
+    goes on, stamped with the slice's start: `WindowInto` then puts it in the
+    same windows as each of its readings.
+    """
+
+    def __init__(self, config: FeaturesConfig, slice_seconds: float) -> None:
         self._config = config
+        self._slice_micros = round(slice_seconds * 1e6)
 
     def setup(self) -> None:
         self._selected: dict[str, bool] = {}
 
-    def process(self, batch: list[Reading] | Reading) -> Iterator[window.TimestampedValue]:
+    def start_bundle(self) -> None:
+        self._partials: dict[SliceKey, list[Any]] = {}
+
+    def process(self, batch: list[Reading] | Reading) -> None:
         readings = batch if isinstance(batch, list) else [batch]
-        return explode_batch(readings, self._selected, self._config)
+        add_batch(readings, self._partials, self._slice_micros, self._selected, self._config)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        width = self._slice_micros
+        for (key, index), acc in self._partials.items():
+            yield WindowedValue((key, acc), Timestamp(micros=index * width), _GLOBAL)
+        self._partials = {}
 
 
 class WindowProgress(NamedTuple):
@@ -258,14 +299,6 @@ class WindowProgress(NamedTuple):
     seen: int  # samples in the window's last pane (emitted or dropped)
     emitted: int  # panes emitted so far: the next one's pane_index
     closed: bool  # the watermark passed end + allowed lateness
-
-
-_OPEN = WindowProgress(0, 0, False)
-_PROGRESS_CODER = coders.RowCoder.from_type_hint(WindowProgress, None)
-_PROGRESS = userstate.ReadModifyWriteStateSpec("progress", _PROGRESS_CODER)
-_EXPIRY = userstate.TimerSpec("expiry", TimeDomain.WATERMARK)
-_PROGRESS_PARAM = beam.DoFn.StateParam(_PROGRESS)
-_EXPIRY_PARAM = beam.DoFn.TimerParam(_EXPIRY)
 
 
 def next_pane(progress: WindowProgress, count: int) -> tuple[WindowProgress, int]:
@@ -281,10 +314,28 @@ def next_pane(progress: WindowProgress, count: int) -> tuple[WindowProgress, int
     return WindowProgress(count, progress.emitted + 1, False), 0
 
 
+class ShardProgress(NamedTuple):
+    """`_EmitFeatures`' state per shard and window: (seen, emitted) per key."""
+
+    closed: bool
+    panes: dict[Key, tuple[int, int]]
+
+
+_PROGRESS = userstate.ReadModifyWriteStateSpec("progress", coders.PickleCoder())
+_EXPIRY = userstate.TimerSpec("expiry", TimeDomain.WATERMARK)
+_PROGRESS_PARAM = beam.DoFn.StateParam(_PROGRESS)
+_EXPIRY_PARAM = beam.DoFn.TimerParam(_EXPIRY)
+
+
+def _by_shard(element: tuple[Key, WindowStats]) -> tuple[int, tuple[Key, WindowStats]]:
+    return shard_of(element[0][2]), element
+
+
 class _EmitFeatures(beam.DoFn):
     """Combined panes -> `Feature`s; closes each window to late data on time.
 
-    Runs per key and window (Beam scopes the state and the timer to both).
+    Runs per shard of tags and window (Beam scopes the state and the timer to
+    both): one state round trip per shard and window, not per tag.
     """
 
     def __init__(self, spec: FeatureWindow, config: FeaturesConfig) -> None:
@@ -297,28 +348,29 @@ class _EmitFeatures(beam.DoFn):
 
     def process(
         self,
-        element: tuple[Key, WindowStats],
+        element: tuple[int, tuple[Key, WindowStats]],
         pane: Any = beam.DoFn.PaneInfoParam,
         bounds: Any = beam.DoFn.WindowParam,
         progress: Any = _PROGRESS_PARAM,
         expiry: Any = _EXPIRY_PARAM,
     ) -> Iterator[Feature]:
-        key, stats = element
-        before = progress.read() or _OPEN
-        after, dropped = next_pane(before, stats.count)
-        if after != before:
-            progress.write(after)
+        key, stats = element[1]
+        shard = progress.read() or ShardProgress(False, {})
+        seen, emitted = shard.panes.get(key, (0, 0))
+        after, dropped = next_pane(WindowProgress(seen, emitted, shard.closed), stats.count)
+        shard.panes[key] = (after.seen, after.emitted)
+        progress.write(shard)
         if dropped:
             self._dropped.inc(dropped)
-        if after.closed:
+        if shard.closed:
             return
         # Idempotent: every pane of the window sets the same time.
         expiry.set(bounds.end + self._config.allowed_lateness_seconds)
-        yield self._feature(key, stats, bounds, before.emitted, pane.timing == PaneInfoTiming.LATE)
+        yield self._feature(key, stats, bounds, emitted, pane.timing == PaneInfoTiming.LATE)
 
     @userstate.on_timer(_EXPIRY)
     def close(self, progress: Any = _PROGRESS_PARAM) -> None:
-        progress.write((progress.read() or _OPEN)._replace(closed=True))
+        progress.write((progress.read() or ShardProgress(False, {}))._replace(closed=True))
 
     def _feature(
         self, key: Key, stats: WindowStats, bounds: Any, pane_index: int, is_late: bool
@@ -378,16 +430,22 @@ class ComputeFeatures(beam.PTransform):
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         config = self._config
-        samples = batches | "Explode" >> beam.ParDo(_ExplodeDoFn(config)).with_output_types(
-            tuple[Key, Sample]
-        )
+        # Windows that share a period share the partial statistics of its slices.
+        partials = {
+            period: batches
+            | f"PreAggregate[{period:g}s]"
+            >> beam.ParDo(_PreAggregateDoFn(config, period)).with_output_types(
+                tuple[Key, list[Any]]
+            )
+            for period in sorted({spec.period for spec in config.windows})
+        }
         # The runner keeps each window this much longer than allowed, so that
         # `_EmitFeatures` can still see, count and drop what comes too late.
         kept_seconds = config.allowed_lateness_seconds + config.late_tracking_seconds
         per_window = []
         for spec in config.windows:
             features = (
-                samples
+                partials[spec.period]
                 | f"Window[{spec.name}]"
                 >> beam.WindowInto(
                     _window_fn(spec),
@@ -395,7 +453,8 @@ class ComputeFeatures(beam.PTransform):
                     accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                     allowed_lateness=kept_seconds,
                 )
-                | f"Stats[{spec.name}]" >> beam.CombinePerKey(TagStatsFn())
+                | f"Stats[{spec.name}]" >> beam.CombinePerKey(MergeStatsFn())
+                | f"Shard[{spec.name}]" >> beam.Map(_by_shard)
                 | f"Emit[{spec.name}]" >> beam.ParDo(_EmitFeatures(spec, config))
             )
             per_window.append(features)

@@ -76,7 +76,17 @@ class FeatureWindow:
                     f"{self.size_seconds:g}, so samples between windows would be skipped "
                     "(use a period <= size, or omit it for a fixed window)"
                 )
+            elif not _is_multiple(self.size_seconds, self.period_seconds):
+                errors.append(
+                    f"{where}: size_seconds {self.size_seconds:g} must be a whole multiple "
+                    f"of it (every reading is summarised once per period-long slice)"
+                )
         return errors
+
+
+def _is_multiple(size: float, period: float) -> bool:
+    ratio = size / period
+    return period > 0 and abs(ratio - round(ratio)) < 1e-9
 
 
 def _default_windows() -> tuple[FeatureWindow, ...]:

@@ -45,7 +45,10 @@ Context rules (`validation.context`) suspend the rate and frozen rules on the
 tags they name while a window `[event - before_seconds, event + after_seconds]`
 is open: a firing reversal (`furnace.firing_side` changes), a job change
 (`line.job_change` nonzero). Inside a window an accepted sample still becomes
-the reference, so the rate rule resumes from the new level. Context samples are
+the reference, so the rate rule resumes from the new level. Every accepted
+reading of a tag a context names, inside its window, is marked
+`meta["context"] = "<context tag>"` (whatever the context suspends), so that
+anomaly detection and consumers can tell a reversal from a fault. Context samples are
 read before the rest of their batch, so a reading in the same batch as the
 event, or in any later batch, is judged with the window open. A reading of an
 earlier batch inside `before_seconds` was already judged normally: holding
@@ -116,12 +119,15 @@ __all__ = [
     "VALID",
     "DEAD_LETTER",
     "FROZEN_FLAG",
+    "CONTEXT_KEY",
 ]
 
 VALID = "valid"
 DEAD_LETTER = "dead_letter"
 # meta["flag"] of a reading kept with quality bad because its value is frozen.
 FROZEN_FLAG = "frozen"
+# meta key on readings inside an open context window; the value is the context tag.
+CONTEXT_KEY = "context"
 
 # float32 registers carry ~7 significant digits and 65534 * 0.1 is
 # 6553.400000000001: exact equality would miss most sentinels.
@@ -297,7 +303,8 @@ class _Context:
         self.windows = kept[-_MAX_CONTEXT_WINDOWS:]
 
 
-def _suspended(contexts: tuple[_Context, ...], ts: float) -> bool:
+def _context_at(contexts: tuple[_Context, ...], ts: float) -> str | None:
+    """The context tag of the first of `contexts` with a window open at `ts`, if any."""
     for context in contexts:
         windows = context.windows
         if not windows:
@@ -308,11 +315,15 @@ def _suspended(contexts: tuple[_Context, ...], ts: float) -> bool:
         if ts > high:
             continue
         if ts >= low:
-            return True
+            return context.rule.tag
         for low, high in windows:
             if low <= ts <= high:
-                return True
-    return False
+                return context.rule.tag
+    return None
+
+
+def _suspended(contexts: tuple[_Context, ...], ts: float) -> bool:
+    return _context_at(contexts, ts) is not None
 
 
 class _Tag:
@@ -320,6 +331,7 @@ class _Tag:
 
     __slots__ = (
         "limits",
+        "contexts",
         "rate_contexts",
         "frozen_contexts",
         "last_ts",
@@ -336,11 +348,14 @@ class _Tag:
     def __init__(
         self,
         limits: _Limits,
+        contexts: tuple[_Context, ...],
         rate_contexts: tuple[_Context, ...],
         frozen_contexts: tuple[_Context, ...],
         memory: int,
     ) -> None:
         self.limits = limits
+        # Every context that names the tag: readings inside one are marked.
+        self.contexts = contexts
         self.rate_contexts = rate_contexts
         self.frozen_contexts = frozen_contexts
         # The newest accepted sample: the rate rule's reference.
@@ -484,6 +499,10 @@ class ReadingValidator:
                     out_of_order += 1
                 state.seen_ts.append(ts)
                 state.seen_commits.append(commit)
+                if state.contexts:
+                    context = _context_at(state.contexts, ts)
+                    if context is not None:
+                        reading = _mark(reading, CONTEXT_KEY, context)
                 valid.append(reading)
         return Outcome(valid, dead, duplicates, frozen, reanchored, out_of_order)
 
@@ -499,6 +518,7 @@ class ReadingValidator:
         contexts = [context for context in self._contexts if context.rule.applies_to(tag)]
         state = _Tag(
             limits,
+            tuple(contexts),
             tuple(context for context in contexts if "rate_of_change" in context.rule.suspend),
             tuple(context for context in contexts if "frozen" in context.rule.suspend),
             self._config.duplicate_memory_samples,
@@ -594,6 +614,10 @@ def _accepted_before(state: _Tag, ts: float, commit: BundleCommit) -> bool:
 
 def _flag_frozen(reading: Reading) -> Reading:
     return reading._replace(quality=Quality.BAD.value, meta={**reading.meta, "flag": FROZEN_FLAG})
+
+
+def _mark(reading: Reading, key: str, value: str) -> Reading:
+    return reading._replace(meta={**reading.meta, key: value})
 
 
 def _payload(reading: Reading) -> str:

@@ -398,9 +398,20 @@ def test_rule_for_prefers_the_exact_tag_then_the_longest_pattern(
             ("sources", "mqtt", 0, "topics"),
             ("a/#", "b"),
         ),
-        ("DI_FEATURES", '{"window_seconds": 60}', ("features",), {"window_seconds": 60}),
-        ("DI_FEATURES__MODE", "fast", ("features", "mode"), "fast"),
-        ("DI_FEATURES__WINDOW_SECONDS", "60", ("features", "window_seconds"), 60),
+        ("DI_MONITORING", '{"interval_seconds": 60}', ("monitoring",), {"interval_seconds": 60}),
+        ("DI_MONITORING__MODE", "fast", ("monitoring", "mode"), "fast"),
+        (
+            "DI_FEATURES__ALLOWED_LATENESS_SECONDS",
+            "30",
+            ("features", "allowed_lateness_seconds"),
+            30.0,
+        ),
+        (
+            "DI_FEATURES__WINDOWS",
+            '[{"name": "5m", "size_seconds": 300}]',
+            ("features", "windows", 0, "size_seconds"),
+            300.0,
+        ),
     ],
 )
 def test_environment_text_is_read_as_the_field_type(

@@ -1,4 +1,4 @@
-"""`TagStatsFn`'s statistics, `next_pane`'s lateness rule, `explode_batch`, the config.
+"""`TagStatsFn`'s statistics, `next_pane`'s lateness rule, `add_batch`, the config.
 
 Statistics are compared exactly where the inputs make them exact in binary
 (small integers, halves), and to 12 significant digits where they cannot be
@@ -16,10 +16,11 @@ import pytest
 from connectors.config import ConfigError
 from records import Feature, Reading, feature_to_json
 from transforms.features import (
+    MergeStatsFn,
     TagStatsFn,
     WindowProgress,
     WindowStats,
-    explode_batch,
+    add_batch,
     next_pane,
 )
 from transforms.features_config import FeaturesConfig, FeatureWindow
@@ -159,25 +160,49 @@ def test_a_closed_window_drops_and_counts_what_a_pane_adds(
     assert next_pane(progress, count) == expected
 
 
-def test_explode_keeps_selected_tags_stamped_with_their_own_ts() -> None:
+def test_a_batch_is_summarised_per_selected_tag_and_slice() -> None:
     config = FeaturesConfig(tags=("furnace.*",))
+    crown = ("opcua", "furnace", "furnace.crown_temp_z2", "degC")
     batch = [
-        Reading("opcua", "furnace", "furnace.crown_temp_z2", T0 + 1, 1500.0, "good", "degC", {}),
+        Reading(*crown[:3], T0 + 1, 1500.0, "good", "degC", {}),
         Reading("mqtt", "iot", "feeder.gob_weight", T0 + 2, 400.0, "good", "g", {}),
+        Reading(*crown[:3], T0 + 59.999999, 1504.0, "good", "degC", {}),
+        Reading(*crown[:3], T0 + 60, 1510.0, "good", "degC", {}),
         Reading("opcua", "furnace", "furnace.pressure", T0 + 3, None, "bad", "Pa", {}),
     ]
+    partials: dict = {}
     selected: dict[str, bool] = {}
-    out = [(item.value, float(item.timestamp)) for item in explode_batch(batch, selected, config)]
-    assert [(key, value[0] - T0, value[1:], stamp - T0) for (key, value), stamp in out] == [
-        (("opcua", "furnace", "furnace.crown_temp_z2", "degC"), 1.0, (1500.0, False), 1.0),
-        (("opcua", "furnace", "furnace.pressure", "Pa"), 3.0, (out[1][0][1][1], True), 3.0),
-    ]
-    assert math.isnan(out[1][0][1][1])
+    add_batch(batch, partials, 60_000_000, selected, config)
+    fn = TagStatsFn()
+    summary = {
+        (key[2], index * 60 - T0): fn.extract_output(acc)[:3]
+        for (key, index), acc in partials.items()
+    }
+    assert summary == {
+        ("furnace.crown_temp_z2", 0.0): (2, 0, 1502.0),
+        ("furnace.crown_temp_z2", 60.0): (1, 0, 1510.0),
+        ("furnace.pressure", 0.0): (1, 1, None),
+    }
     assert selected == {
         "furnace.crown_temp_z2": True,
         "feeder.gob_weight": False,
         "furnace.pressure": True,
     }
+
+
+def test_merging_partials_is_the_same_as_one_pass() -> None:
+    samples = [(T0 + i, 1500.0 + (i * 7) % 5, False) for i in range(10)]
+    fn, merge = TagStatsFn(), MergeStatsFn()
+    whole = fn.create_accumulator()
+    for sample in samples:
+        fn.add_input(whole, sample)
+    left, right = fn.create_accumulator(), fn.create_accumulator()
+    for sample in samples[:4]:
+        fn.add_input(left, sample)
+    for sample in samples[4:]:
+        fn.add_input(right, sample)
+    merged = merge.add_input(merge.add_input(merge.create_accumulator(), right), left)
+    assert fn.extract_output(merged) == pytest.approx(fn.extract_output(whole))
 
 
 def test_config_from_json_with_every_key() -> None:
@@ -214,6 +239,7 @@ def test_config_errors_name_every_path() -> None:
                 "windows": [
                     {"name": "1m", "size_seconds": 60, "period_seconds": 90},
                     {"name": "1m", "size_seconds": -1},
+                    {"name": "7m", "size_seconds": 420, "period_seconds": 180},
                 ],
                 "allowed_lateness_seconds": -5,
                 "late_tracking_seconds": 0,
@@ -226,6 +252,8 @@ def test_config_errors_name_every_path() -> None:
         "features.windows[0].period_seconds: 90 is longer than size_seconds 60, so samples "
         "between windows would be skipped (use a period <= size, or omit it for a fixed window)",
         "features.windows[1].size_seconds: must be > 0, got -1",
+        "features.windows[2].period_seconds: size_seconds 420 must be a whole multiple of it "
+        "(every reading is summarised once per period-long slice)",
         "features.window_seconds: unknown key (did you mean 'windows'?)",
         "features.windows[1].name: '1m' is already used (window names label features and "
         "must be unique)",
