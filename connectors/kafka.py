@@ -40,9 +40,11 @@ from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from connectors.config import KafkaSink
 from records import (
+    Alert,
     DeadLetter,
     Feature,
     Reading,
+    alert_to_json,
     dead_letter_to_json,
     feature_to_json,
     reading_key,
@@ -93,10 +95,19 @@ def encode_feature(feature: Feature) -> _Encoded:
     )
 
 
+def encode_alert(alert: Alert) -> _Encoded:
+    # Keyed like the tag's readings (the device alone for a device alert), so
+    # a raise and its clear stay in order; stamped with the transition's time.
+    key = f"{alert.device}/{alert.tag}" if alert.tag else alert.device
+    at = alert.start if alert.end is None else alert.end
+    return key.encode(), alert_to_json(alert), int(at * 1000), _headers(alert.source, b"alert/1")
+
+
 _ENCODERS: dict[type, Callable[[Any], _Encoded]] = {
     Reading: encode_reading,
     DeadLetter: encode_dead_letter,
     Feature: encode_feature,
+    Alert: encode_alert,
 }
 
 

@@ -42,6 +42,7 @@ from connectors.config import (
     join_path,
     load_dataclass,
 )
+from transforms.anomaly_config import AnomalyConfig
 from transforms.features_config import FeaturesConfig
 from transforms.validation_config import ValidationConfig
 
@@ -134,8 +135,8 @@ class DataIngestionConfig:
     sources: SourcesSection = SourcesSection()
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
     features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
-    # Free-form until their transforms define typed sections.
-    anomaly: dict[str, Any] = dataclasses.field(default_factory=dict)
+    anomaly: AnomalyConfig = dataclasses.field(default_factory=AnomalyConfig)
+    # Free-form until its part is built.
     monitoring: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

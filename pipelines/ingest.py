@@ -3,7 +3,8 @@
 Per source: read -> ValidateReadings -> Kafka (`kafka.topics.readings`), and
 its dead letters (from the decoder and from validation) -> Kafka
 (`kafka.topics.dead_letter`); the valid readings also -> ComputeFeatures ->
-Kafka (`kafka.topics.features`). Readings travel as batches (`list[Reading]`).
+Kafka (`kafka.topics.features`) and, with validation's dead letters, ->
+DetectAnomalies -> Kafka (`kafka.topics.alerts`). Readings travel as batches (`list[Reading]`).
 
 Example::
 
@@ -19,6 +20,7 @@ import apache_beam as beam
 from connectors.kafka import WriteToKafka
 from connectors.mqtt import DEAD_LETTER, READINGS, ReadFromMqtt
 from pipelines.config import DataIngestionConfig
+from transforms.anomaly import DetectAnomalies
 from transforms.features import ComputeFeatures
 from transforms.validation import DEAD_LETTER as INVALID
 from transforms.validation import VALID, ValidateReadings, ValidationState
@@ -82,6 +84,11 @@ def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
             config.kafka, topic=topics.dead_letter
         )
         # Behind a shuffle: not covered by the source's acknowledgement (see
-        # transforms.features), recomputable from the readings topic.
+        # transforms.features and transforms.anomaly); features can be
+        # recomputed from the readings topic.
         features = checked[VALID] | f"Features[{name}]" >> ComputeFeatures(config.features)
         features | f"WriteFeatures[{name}]" >> WriteToKafka(config.kafka, topic=topics.features)
+        alerts = checked[VALID] | f"Anomalies[{name}]" >> DetectAnomalies(
+            config.anomaly, dead_letters=checked[INVALID]
+        )
+        alerts | f"WriteAlerts[{name}]" >> WriteToKafka(config.kafka, topic=topics.alerts)

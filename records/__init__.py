@@ -3,7 +3,8 @@
 `Reading` is one sample of one plant tag; `DeadLetter` is input that could not
 become a trusted reading, kept with a stable `reason` code and the original
 payload so nothing is lost; `Feature` is one tag's statistics over one
-event-time window (`transforms.features`). All are Beam schema types (NamedTuple + RowCoder):
+event-time window (`transforms.features`); `Alert` one raise or clear of an
+anomaly or source-health condition (`transforms.anomaly`). All are Beam schema types (NamedTuple + RowCoder):
 cheap to encode and portable across runners.
 
 Readings travel between transforms in batches (`list[Reading]`, one element per
@@ -44,6 +45,12 @@ __all__ = [
     "reading_key",
     "Feature",
     "feature_to_json",
+    "Alert",
+    "AlertRule",
+    "Severity",
+    "RAISED",
+    "CLEARED",
+    "alert_to_json",
 ]
 
 
@@ -147,9 +154,56 @@ class Feature(NamedTuple):
     meta: Mapping[str, str]
 
 
+class Severity(enum.StrEnum):
+    WARNING = "warning"  # worth a look: outside the normal range, a frozen instrument
+    ALARM = "alarm"  # act: the process or an instrument is not what it should be
+
+
+class AlertRule(enum.StrEnum):
+    """Stable alert rule codes: consumers may switch on them."""
+
+    ZSCORE = "zscore"  # far from the tag's own recent behaviour (robust z or EWMA)
+    NORMAL_RANGE = "normal_range"  # outside the configured normal operating range
+    FROZEN = "frozen"  # validation flags the value as frozen (zero variance)
+    UNCHANGED = "unchanged"  # a state that should change did not (a missed firing reversal)
+    INVALID_DATA = "invalid_data"  # the tag's readings are being dead-lettered
+    TAG_SILENT = "tag_silent"  # no reading of the tag for too long
+    DEVICE_SILENT = "device_silent"  # no reading from the device (source) for too long
+
+
+class Alert(NamedTuple):
+    """One transition of one condition on one tag (or device): raised, then cleared.
+
+    A condition that persists gives exactly two records with the same `start`:
+    `state` `raised` (`end` None) and, when it is over, `cleared` (`end` set).
+    `value` is the reading that raised it (for a clear, the one that cleared
+    it); `expected_low`/`expected_high` the range the rule expected it in;
+    `tag` is empty for a device-level alert. Times are seconds since the epoch.
+    """
+
+    source: str
+    device: str
+    tag: str
+    rule: str
+    severity: str
+    state: str
+    start: float
+    end: float | None
+    value: float | None
+    expected_low: float | None
+    expected_high: float | None
+    detail: str
+    meta: Mapping[str, str]
+
+
+RAISED = "raised"
+CLEARED = "cleared"
+
+
 coders.registry.register_coder(Reading, coders.RowCoder)
 coders.registry.register_coder(DeadLetter, coders.RowCoder)
 coders.registry.register_coder(Feature, coders.RowCoder)
+coders.registry.register_coder(Alert, coders.RowCoder)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -246,6 +300,27 @@ def feature_to_json(feature: Feature) -> bytes:
             "pane_index": feature.pane_index,
             "is_late": feature.is_late,
             "meta": feature.meta if type(feature.meta) is dict else dict(feature.meta),
+        }
+    )
+
+
+def alert_to_json(alert: Alert) -> bytes:
+    """One JSON object per alert transition (topic `kafka.topics.alerts`)."""
+    return orjson.dumps(
+        {
+            "source": alert.source,
+            "device": alert.device,
+            "tag": alert.tag,
+            "rule": alert.rule,
+            "severity": alert.severity,
+            "state": alert.state,
+            "start": format_ts(alert.start),
+            "end": None if alert.end is None else format_ts(alert.end),
+            "value": alert.value,
+            "expected_low": alert.expected_low,
+            "expected_high": alert.expected_high,
+            "detail": alert.detail,
+            "meta": alert.meta if type(alert.meta) is dict else dict(alert.meta),
         }
     )
 

@@ -40,12 +40,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from connectors.config import ConfigError, check_range, join_path, load_dataclass
+from transforms.tag_patterns import most_specific
 
 __all__ = ["FeatureWindow", "FeaturesConfig"]
 
 _DEFAULT_ALLOWED_LATENESS_SECONDS = 60.0
 _DEFAULT_LATE_TRACKING_SECONDS = 600.0
-_PATTERN_CHARS = frozenset("*?[")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,17 +118,7 @@ class FeaturesConfig:
 
     def expected_period_for(self, tag: str) -> float | None:
         """The tag's expected sample period: exact key, else the longest matching pattern."""
-        periods = self.expected_period_seconds
-        exact = periods.get(tag)
-        if exact is not None:
-            return exact
-        best: str | None = None
-        for key in periods:
-            if _PATTERN_CHARS.isdisjoint(key) or not fnmatch.fnmatchcase(tag, key):
-                continue
-            if best is None or len(key) > len(best):
-                best = key
-        return None if best is None else periods[best]
+        return most_specific(self.expected_period_seconds, tag)
 
     def validate(self, path: str) -> list[str]:
         errors = []

@@ -52,6 +52,7 @@ import math
 from typing import Literal
 
 from connectors.config import check_range, join_path
+from transforms.tag_patterns import PATTERN_CHARS, most_specific
 
 __all__ = [
     "ValidationRule",
@@ -68,7 +69,6 @@ _DEFAULT_MAX_AGE_SECONDS = 7 * 86_400.0
 _DEFAULT_DUPLICATE_MEMORY_SAMPLES = 32
 _DEFAULT_MAX_TAGS = 100_000
 
-_PATTERN_CHARS = frozenset("*?[")
 _SQRT_2 = math.sqrt(2.0)
 
 # Only rules that judge a tag against its own history can be suspended: hard
@@ -163,7 +163,7 @@ class ContextRule:
         errors = []
         if not self.tag.strip():
             errors.append(f"{at('tag')}: must name the context tag (e.g. furnace.firing_side)")
-        elif not _PATTERN_CHARS.isdisjoint(self.tag):
+        elif not PATTERN_CHARS.isdisjoint(self.tag):
             errors.append(
                 f"{at('tag')}: {self.tag!r} is a pattern; a context is one tag "
                 "(e.g. furnace.firing_side)"
@@ -215,16 +215,7 @@ class ValidationConfig:
         Equally long patterns: the one declared first wins. Callers on the hot
         path memoise the answer per tag.
         """
-        exact = self.rules.get(tag)
-        if exact is not None:
-            return exact
-        best: str | None = None
-        for key in self.rules:
-            if _PATTERN_CHARS.isdisjoint(key) or not fnmatch.fnmatchcase(tag, key):
-                continue
-            if best is None or len(key) > len(best):
-                best = key
-        return None if best is None else self.rules[best]
+        return most_specific(self.rules, tag)
 
     def validate(self, path: str) -> list[str]:
         where = join_path(path, "rules")
