@@ -99,6 +99,10 @@ _BAD = Quality.BAD.value
 # the problem, or the clock, not the tag's value.
 _NOT_THE_TAG = frozenset({Reason.FUTURE_TIMESTAMP.value, Reason.STALE_TIMESTAMP.value})
 
+_RATE = Reason.RATE_OF_CHANGE.value
+# A dead-lettered reading: (source, device, tag, ts, value or None, reason).
+Rejection = tuple[str, str, str, float, float | None, str]
+
 # A device alert has no tag.
 _DEVICE = ""
 
@@ -347,7 +351,7 @@ class AnomalyDetector:
         hi = math.inf if high is None else high
         breached = not lo <= value <= hi
         holds = not lo + band <= value <= hi - band
-        change = state.normal.step(breached, holds, reading.ts, rule.persist_seconds)
+        change = state.normal.step(breached, holds, reading.ts, rule.normal_persist_seconds)
         if change:
             detail = f"{value:g} {reading.unit} outside the normal range" if breached else ""
             alerts.append(
@@ -419,9 +423,9 @@ class AnomalyDetector:
 
     # -- rejections ----------------------------------------------------------
 
-    def observe_rejection(self, rejection: tuple[str, str, str, float, str]) -> list[Alert]:
-        """Alerts for one dead-lettered reading `(source, device, tag, ts, reason)`."""
-        source, device, tag, ts, reason = rejection
+    def observe_rejection(self, rejection: Rejection) -> list[Alert]:
+        """Alerts for one dead-lettered reading `(source, device, tag, ts, value, reason)`."""
+        source, device, tag, ts, value, reason = rejection
         rule = self.rule(tag)
         if rule is None or rule.invalid_count == 0 or reason in _NOT_THE_TAG:
             return []
@@ -429,6 +433,10 @@ class AnomalyDetector:
         state = self.tags.get(key)
         if state is None:
             state = self.tags[key] = _TagState(source, "", rule)
+        if reason == _RATE and not _far_out(value, rule, state):
+            # The rate rule's allowance is 4 noise sigmas: one sample in
+            # thousands of a noisy tag crosses it. A spike is far out as well.
+            return []
         since = ts - rule.invalid_window_seconds
         state.rejections = [t for t in state.rejections if t > since] + [ts]
         if state.invalid.raised or len(state.rejections) < rule.invalid_count:
@@ -583,8 +591,18 @@ _CONDITION_SLOT = {
 }
 
 
-def rejection_of(letter: DeadLetter) -> tuple[str, str, str, float, str] | None:
-    """`(source, device, tag, ts, reason)` of a validation dead letter, None for others.
+def _far_out(value: float | None, rule: AnomalyRule, state: _TagState) -> bool:
+    """Whether a rejected value lies beyond the z-score threshold of the tag's statistics."""
+    if value is None or rule.method == "none":
+        return True  # nothing to compare with: count it
+    if state.filled < rule.min_samples:
+        return False  # still learning (a start-up): a noisy sample cannot be told from a spike
+    centre, sigma = state.expected(rule)
+    return abs(value - centre) > rule.threshold * sigma
+
+
+def rejection_of(letter: DeadLetter) -> Rejection | None:
+    """`(source, device, tag, ts, value, reason)` of a validation dead letter, else None.
 
     Validation keeps the rejected reading as its JSON payload; decoder dead
     letters (undecodable bytes) name no tag.
@@ -593,16 +611,18 @@ def rejection_of(letter: DeadLetter) -> tuple[str, str, str, float, str] | None:
         return None
     try:
         reading = orjson.loads(letter.payload)
-        tag, ts = reading["tag"], reading["ts"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        tag, ts, value = reading["tag"], reading["ts"], reading.get("value")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         return None
     if not isinstance(tag, str) or not isinstance(ts, str):
         return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        value = None
     try:
         when = parse_ts(ts.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return letter.source, letter.device, tag, when, letter.reason
+    return letter.source, letter.device, tag, when, value, letter.reason
 
 
 # ---------------------------------------------------------------- Beam

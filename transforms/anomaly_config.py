@@ -16,8 +16,9 @@ the `device_silent_seconds` health check. A rule can hold:
   EWMA standard deviation), at least `min_sigma`; it clears below
   `clear_threshold * sigma` (hysteresis: no flapping on the edge). The first
   `min_samples` readings only teach the detector;
-- `normal_min`/`normal_max`: the normal operating range (a warning outside it,
-  glass-line.md §2.1 "Normal"); it clears once back inside by `normal_deadband`;
+- `normal_min`/`normal_max`: the normal operating range (a warning outside it
+  for `normal_persist_seconds`, glass-line.md §2.1 "Normal"); it clears once
+  back inside by `normal_deadband`;
 - `persist_seconds`: how long (event time) a condition must hold before it is
   raised: a firing reversal cuts gas and air 15-30 s before `firing_side`
   toggles, so combustion tags need more than that;
@@ -80,6 +81,7 @@ class AnomalyRule:
     normal_min: float | None = None
     normal_max: float | None = None
     normal_deadband: float = 0.0
+    normal_persist_seconds: float = 60.0
     persist_seconds: float = 0.0
     invalid_count: int = 1
     invalid_window_seconds: float = 60.0
@@ -110,6 +112,7 @@ class AnomalyRule:
                 f"{self.normal_max:g}"
             )
         errors += check_range(at("normal_deadband"), self.normal_deadband, 0)
+        errors += check_range(at("normal_persist_seconds"), self.normal_persist_seconds, 0)
         errors += check_range(at("persist_seconds"), self.persist_seconds, 0)
         errors += check_range(at("invalid_count"), self.invalid_count, 0)
         errors += check_range(at("invalid_window_seconds"), self.invalid_window_seconds, above=0)

@@ -89,7 +89,9 @@ def test_in_context_judge_alerts_during_the_window() -> None:
 
 
 def test_normal_range_warns_with_deadband() -> None:
-    d = detector(method="none", normal_min=1540, normal_max=1600, normal_deadband=2)
+    d = detector(
+        method="none", normal_min=1540, normal_max=1600, normal_deadband=2, normal_persist_seconds=0
+    )
     values = [1590, 1601, 1605, 1599, 1597, 1580]
     rows = feed(d, [reading(t, v) for t, v in enumerate(values)])
     assert rows == [
@@ -97,6 +99,9 @@ def test_normal_range_warns_with_deadband() -> None:
         ("normal_range", "cleared", CROWN, 1.0, 4.0),
     ]
     alert = AnomalyDetector(d._config).observe(reading(0, 1610))[0]
+    d = detector(method="none", normal_min=1540, normal_max=1600, normal_persist_seconds=60)
+    brief = [reading(t, 1605.0) for t in range(59)] + [reading(59, 1590.0)]
+    assert feed(d, brief) == []
     assert (alert.severity, alert.expected_low, alert.expected_high) == ("warning", 1540, 1600)
 
 
@@ -158,11 +163,11 @@ def test_a_state_that_stops_changing_raises_unchanged() -> None:
 def test_invalid_data_raises_at_the_count_and_clears_after_a_quiet_window() -> None:
     d = detector(method="none", invalid_count=2, invalid_window_seconds=60)
     reject = ("opcua", "furnace", CROWN)
-    assert d.observe_rejection((*reject, T0 + 10, "instrument_limit")) == []
-    [raised] = d.observe_rejection((*reject, T0 + 20, "instrument_limit"))
+    assert d.observe_rejection((*reject, T0 + 10, 1700.0, "instrument_limit")) == []
+    [raised] = d.observe_rejection((*reject, T0 + 20, 1700.0, "instrument_limit"))
     assert row(raised) == ("invalid_data", "raised", CROWN, 10.0, None)
     assert raised.meta == {"reason": "instrument_limit"}
-    assert d.observe_rejection((*reject, T0 + 30, "instrument_limit")) == []  # one alert
+    assert d.observe_rejection((*reject, T0 + 30, 1700.0, "instrument_limit")) == []  # one alert
     assert d.next_deadline() == T0 + 90
     assert d.expire(T0 + 89) == []
     assert [row(a) for a in d.expire(T0 + 90)] == [("invalid_data", "cleared", CROWN, 10.0, 90.0)]
@@ -170,7 +175,17 @@ def test_invalid_data_raises_at_the_count_and_clears_after_a_quiet_window() -> N
 
 def test_timestamp_rejections_say_nothing_about_the_instrument() -> None:
     d = detector(method="none")
-    assert d.observe_rejection(("opcua", "furnace", CROWN, T0, "future_timestamp")) == []
+    assert d.observe_rejection(("opcua", "furnace", CROWN, T0, 1570.0, "future_timestamp")) == []
+
+
+def test_a_rate_rejection_counts_only_when_far_from_the_learnt_level() -> None:
+    d = detector(window_samples=60, min_samples=30)
+    feed(d, noisy(0, 100, 1570.0))
+    assert (
+        d.observe_rejection(("opcua", "furnace", CROWN, T0 + 100, 1577.0, "rate_of_change")) == []
+    )
+    [spike] = d.observe_rejection(("opcua", "furnace", CROWN, T0 + 101, 1640.0, "rate_of_change"))
+    assert row(spike) == ("invalid_data", "raised", CROWN, 101.0, None)
 
 
 def test_a_silent_tag_and_a_silent_device_are_raised_then_cleared() -> None:
@@ -208,7 +223,7 @@ def test_rejection_of_reads_validation_dead_letters_only() -> None:
         {"tag": CROWN, "ts": "2026-11-27T18:00:01.000Z", "value": 1700.0, "device": "furnace"}
     ).decode()
     letter = DeadLetter("opcua", "furnace", "instrument_limit", "", T0, payload, "text")
-    assert rejection_of(letter) == ("opcua", "furnace", CROWN, T0 + 1, "instrument_limit")
+    assert rejection_of(letter) == ("opcua", "furnace", CROWN, T0 + 1, 1700.0, "instrument_limit")
     for payload, encoding in [("not json", "text"), ("{}", "text"), ("AAAA", "base64")]:
         assert rejection_of(letter._replace(payload=payload, payload_encoding=encoding)) is None
 
