@@ -2,8 +2,8 @@
 
 Per source: read -> ValidateReadings -> Kafka (`kafka.topics.readings`), and
 its dead letters (from the decoder and from validation) -> Kafka
-(`kafka.topics.dead_letter`); the valid readings also -> ComputeFeatures ->
-Kafka (`kafka.topics.features`) and, with validation's dead letters, ->
+(`kafka.topics.dead_letter`); the valid readings also -> ComputeFeatures
+(-> DeriveLineFeatures) and CrownStability -> Kafka (`kafka.topics.features`) and, with validation's dead letters, ->
 DetectAnomalies -> Kafka (`kafka.topics.alerts`). Readings travel as batches (`list[Reading]`).
 
 Example::
@@ -22,6 +22,7 @@ from connectors.mqtt import DEAD_LETTER, READINGS, ReadFromMqtt
 from pipelines.config import DataIngestionConfig
 from transforms.anomaly import DetectAnomalies
 from transforms.features import ComputeFeatures
+from transforms.glass_features import CrownStability, DeriveLineFeatures
 from transforms.validation import DEAD_LETTER as INVALID
 from transforms.validation import VALID, ValidateReadings, ValidationState
 
@@ -87,7 +88,14 @@ def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
         # transforms.features and transforms.anomaly); features can be
         # recomputed from the readings topic.
         features = checked[VALID] | f"Features[{name}]" >> ComputeFeatures(config.features)
-        features | f"WriteFeatures[{name}]" >> WriteToKafka(config.kafka, topic=topics.features)
+        derived = features | f"LineFeatures[{name}]" >> DeriveLineFeatures(config.features.line)
+        crown = checked[VALID] | f"CrownStability[{name}]" >> CrownStability(
+            config.features.crown_stability
+        )
+        for label, records in (("", features), ("Line", derived), ("Crown", crown)):
+            records | f"Write{label}Features[{name}]" >> WriteToKafka(
+                config.kafka, topic=topics.features
+            )
         alerts = checked[VALID] | f"Anomalies[{name}]" >> DetectAnomalies(
             config.anomaly, dead_letters=checked[INVALID]
         )

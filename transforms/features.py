@@ -362,7 +362,9 @@ class _EmitFeatures(beam.DoFn):
         progress.write(shard)
         if dropped:
             self._dropped.inc(dropped)
-        if shard.closed:
+        if shard.closed or (emitted and after.seen == seen):
+            # Closed, or a pane that adds nothing (Prism fires a window's
+            # final pane again when it expires, in accumulating mode).
             return
         # Idempotent: every pane of the window sets the same time.
         expiry.set(bounds.end + self._config.allowed_lateness_seconds)

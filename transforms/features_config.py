@@ -11,7 +11,9 @@ again, whole. Later readings are dropped and counted for a further
 (counting needs the window's state, which is kept that much longer).
 `tags` selects tags by fnmatch pattern (default: all). `expected_period_seconds`
 maps a tag or pattern to its nominal sample period (the most specific key
-wins, as in `validation.rules`) to report completeness.
+wins, as in `validation.rules`) to report completeness. `line` and
+`crown_stability` name the plant tags behind the glass-specific features
+(`transforms.glass_features_config`).
 
 Example::
 
@@ -40,6 +42,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from connectors.config import ConfigError, check_range, join_path, load_dataclass
+from transforms.glass_features_config import CrownStabilityConfig, LineFeaturesConfig
 from transforms.tag_patterns import most_specific
 
 __all__ = ["FeatureWindow", "FeaturesConfig"]
@@ -102,6 +105,9 @@ class FeaturesConfig:
     late_tracking_seconds: float = _DEFAULT_LATE_TRACKING_SECONDS
     tags: tuple[str, ...] = ("*",)
     expected_period_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The glass-specific features (transforms.glass_features) and their tags.
+    line: LineFeaturesConfig = LineFeaturesConfig()
+    crown_stability: CrownStabilityConfig = CrownStabilityConfig()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: str = "features") -> FeaturesConfig:
