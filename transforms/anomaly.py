@@ -36,7 +36,9 @@ split per shard inside the source's fused stage and a bundle touches a few
 keys. Silence is found with event-time timers, one per key, set to the
 earliest deadline: sources move the watermark with the clock while idle, so a
 silent device is noticed `device_silent_seconds` (plus the source's
-`max_skew_seconds`) after its last reading. Like features, alerts sit behind a
+`max_skew_seconds`) after its last reading arrived. The deadline counts from
+the later of the reading's ts and its arrival (stamped in the source's fused
+stage), so replayed or back-filled old data is not silence while it flows. Like features, alerts sit behind a
 shuffle, outside the source's acknowledgement: on Prism a crash loses the
 detectors' state (Flink restores it from its checkpoint). A restarted
 pipeline learns each tag again over `min_samples`; a raised condition is not
@@ -61,8 +63,9 @@ Example::
 from __future__ import annotations
 
 import math
+import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -71,6 +74,7 @@ from apache_beam import coders
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.utils.timestamp import Timestamp
 
 from records import (
     CLEARED,
@@ -100,6 +104,7 @@ _BAD = Quality.BAD.value
 _NOT_THE_TAG = frozenset({Reason.FUTURE_TIMESTAMP.value, Reason.STALE_TIMESTAMP.value})
 
 _RATE = Reason.RATE_OF_CHANGE.value
+_TIMER_GRAIN_SECONDS = 1e-3
 # A dead-lettered reading: (source, device, tag, ts, value or None, reason).
 Rejection = tuple[str, str, str, float, float | None, str]
 
@@ -168,6 +173,7 @@ class _TagState:
         "mean",
         "variance",
         "last_ts",
+        "heard",
         "zscore",
         "normal",
         "frozen",
@@ -190,6 +196,8 @@ class _TagState:
         self.mean = _NAN
         self.variance = 0.0
         self.last_ts = -math.inf
+        # The newest of last_ts and when a reading was last received (silence).
+        self.heard = -math.inf
         self.zscore = _Condition()
         self.normal = _Condition()
         self.frozen = _Condition()
@@ -255,7 +263,7 @@ class AnomalyDetector:
     ) -> None:
         self._config = config
         self.tags = {} if tags is None else tags
-        # device -> [source, last ts, silent condition]
+        # device -> [source, newest ts, newest of ts and arrival, silent condition]
         self.devices = {} if devices is None else devices
         self._rules: dict[str, AnomalyRule | None] = {}
 
@@ -268,8 +276,11 @@ class AnomalyDetector:
 
     # -- readings ------------------------------------------------------------
 
-    def observe(self, reading: Reading) -> list[Alert]:
-        """The alerts `reading` raises or clears (usually none)."""
+    def observe(self, reading: Reading, heard_at: float | None = None) -> list[Alert]:
+        """The alerts `reading` raises or clears (usually none).
+
+        `heard_at`: when the pipeline received it (default its ts; see `expire`).
+        """
         rule = self.rule(reading.tag)
         if rule is None:
             return []
@@ -279,6 +290,9 @@ class AnomalyDetector:
             state = self.tags[key] = _TagState(reading.source, reading.unit, rule)
         alerts: list[Alert] = []
         ts = reading.ts
+        heard = ts if heard_at is None else max(ts, heard_at)
+        if heard > state.heard:
+            state.heard = heard
         if ts < state.last_ts:
             # Out of order (a late batch, a redelivery): conditions move
             # forward in time only, so it is neither judged nor learnt.
@@ -401,24 +415,18 @@ class AnomalyDetector:
         expected: tuple[float | None, float | None] | None,
         detail: str,
     ) -> Alert:
-        state = self.tags[(reading.device, reading.tag)]
-        start = _condition(state, rule).since
-        severity = Severity.WARNING if rule in _WARNINGS else Severity.ALARM
-        low, high = expected if expected is not None else (None, None)
-        return Alert(
+        start = _condition(self.tags[(reading.device, reading.tag)], rule).since
+        return _alert(
             reading.source,
             reading.device,
             reading.tag,
-            rule.value,
-            severity.value,
+            rule,
             change,
             start,
             None if change == RAISED else ts,
             reading.value,
-            low,
-            high,
+            expected or (None, None),
             detail,
-            {},
         )
 
     # -- rejections ----------------------------------------------------------
@@ -442,93 +450,129 @@ class AnomalyDetector:
         if state.invalid.raised or len(state.rejections) < rule.invalid_count:
             return []
         state.invalid.raise_at(state.rejections[0])
+        detail = (
+            f"{len(state.rejections)} readings dead-lettered within "
+            f"{rule.invalid_window_seconds:g} s, the last as {reason}"
+        )
         return [
-            Alert(
+            _alert(
                 source,
                 device,
                 tag,
-                AlertRule.INVALID_DATA.value,
-                Severity.ALARM.value,
+                AlertRule.INVALID_DATA,
                 RAISED,
                 state.invalid.start,
                 None,
                 None,
-                None,
-                None,
-                f"{len(state.rejections)} readings dead-lettered within "
-                f"{rule.invalid_window_seconds:g} s, the last as {reason}",
+                (None, None),
+                detail,
                 {"reason": reason},
             )
         ]
 
     # -- devices and silence ---------------------------------------------------
 
-    def observe_device(self, source: str, device: str, newest_ts: float) -> list[Alert]:
-        """Notes that `device` sent a reading at `newest_ts`; clears its silence."""
+    def observe_device(
+        self, source: str, device: str, newest_ts: float, heard_at: float | None = None
+    ) -> list[Alert]:
+        """Notes that `device` sent a reading at `newest_ts`; clears its silence.
+
+        `heard_at` is when the pipeline received it (default `newest_ts`): see
+        `expire`.
+        """
         if self._config.device_silent_seconds is None:
             return []
+        heard = newest_ts if heard_at is None else max(newest_ts, heard_at)
         entry = self.devices.get(device)
         if entry is None:
-            entry = self.devices[device] = [source, newest_ts, _Condition()]
-        elif newest_ts > entry[1]:
-            entry[1] = newest_ts
-        silent: _Condition = entry[2]
+            entry = self.devices[device] = [source, newest_ts, heard, _Condition()]
+        else:
+            entry[1] = max(entry[1], newest_ts)
+            entry[2] = max(entry[2], heard)
+        silent: _Condition = entry[3]
         if not silent.raised:
             return []
-        return [self._device_alert(device, source, CLEARED, silent.clear(), newest_ts, "")]
+        return [
+            _alert(
+                source,
+                device,
+                _DEVICE,
+                AlertRule.DEVICE_SILENT,
+                CLEARED,
+                silent.clear(),
+                newest_ts,
+                None,
+                (None, None),
+                "",
+            )
+        ]
 
     def expire(self, now: float) -> list[Alert]:
-        """Raises silences, clears quiet `invalid_data`, as of event time `now`."""
+        """Raises silences and clears quiet `invalid_data`, as of event time `now`.
+
+        A device or tag is silent once `now` is its limit past both its newest
+        reading's ts and when that was heard: a back-fill of hour-old data is
+        not silence while it keeps arriving.
+        """
         alerts = []
         device_limit = self._config.device_silent_seconds
         if device_limit is not None:
-            for device, (source, last_ts, silent) in self.devices.items():
-                if not silent.raised and now - last_ts >= device_limit:
+            for device, (source, last_ts, heard, silent) in self.devices.items():
+                if not silent.raised and _past(now, heard + device_limit):
                     silent.raise_at(last_ts)
                     detail = f"no reading for {device_limit:g} s"
-                    alerts.append(self._device_alert(device, source, RAISED, last_ts, None, detail))
+                    alerts.append(
+                        _alert(
+                            source,
+                            device,
+                            _DEVICE,
+                            AlertRule.DEVICE_SILENT,
+                            RAISED,
+                            last_ts,
+                            None,
+                            None,
+                            (None, None),
+                            detail,
+                        )
+                    )
         for (device, tag), state in self.tags.items():
             rule = self.rule(tag)
             if rule is None:
                 continue
-            if state.invalid.raised and now - state.rejections[-1] >= rule.invalid_window_seconds:
+            if state.invalid.raised and _past(
+                now, state.rejections[-1] + rule.invalid_window_seconds
+            ):
                 start = state.invalid.clear()
                 state.rejections = []
                 alerts.append(
-                    Alert(
+                    _alert(
                         state.source,
                         device,
                         tag,
-                        AlertRule.INVALID_DATA.value,
-                        Severity.ALARM.value,
+                        AlertRule.INVALID_DATA,
                         CLEARED,
                         start,
                         now,
                         None,
-                        None,
-                        None,
+                        (None, None),
                         "",
-                        {},
                     )
                 )
             limit = rule.silent_seconds
-            if limit is not None and not state.silent.raised and now - state.last_ts >= limit:
+            if limit is not None and not state.silent.raised and _past(now, state.heard + limit):
                 state.silent.raise_at(state.last_ts)
                 alerts.append(
-                    Alert(
+                    _alert(
                         state.source,
                         device,
                         tag,
-                        AlertRule.TAG_SILENT.value,
-                        Severity.ALARM.value,
+                        AlertRule.TAG_SILENT,
                         RAISED,
                         state.last_ts,
                         None,
                         None,
-                        None,
-                        None,
+                        (None, None),
                         f"no reading for {limit:g} s",
-                        {},
                     )
                 )
         return alerts
@@ -539,8 +583,8 @@ class AnomalyDetector:
         device_limit = self._config.device_silent_seconds
         if device_limit is not None:
             deadlines += [
-                last_ts + device_limit
-                for _, last_ts, silent in self.devices.values()
+                heard + device_limit
+                for _, _, heard, silent in self.devices.values()
                 if not silent.raised
             ]
         for (_, tag), state in self.tags.items():
@@ -550,28 +594,46 @@ class AnomalyDetector:
             if state.invalid.raised:
                 deadlines.append(state.rejections[-1] + rule.invalid_window_seconds)
             if rule.silent_seconds is not None and not state.silent.raised:
-                if state.last_ts > -math.inf:
-                    deadlines.append(state.last_ts + rule.silent_seconds)
+                if state.heard > -math.inf:
+                    deadlines.append(state.heard + rule.silent_seconds)
         return min(deadlines, default=None)
 
-    def _device_alert(
-        self, device: str, source: str, change: str, start: float, end: float | None, detail: str
-    ) -> Alert:
-        return Alert(
-            source,
-            device,
-            _DEVICE,
-            AlertRule.DEVICE_SILENT.value,
-            Severity.ALARM.value,
-            change,
-            start,
-            end,
-            None,
-            None,
-            None,
-            detail,
-            {},
-        )
+
+def _past(now: float, deadline: float) -> bool:
+    # Timers are set on the next whole millisecond (Prism fires them at
+    # millisecond precision): a deadline of x.4492972 s fires at x.450.
+    return now >= deadline - _TIMER_GRAIN_SECONDS
+
+
+def _alert(
+    source: str,
+    device: str,
+    tag: str,
+    rule: AlertRule,
+    change: str,
+    start: float,
+    end: float | None,
+    value: float | None,
+    expected: tuple[float | None, float | None],
+    detail: str,
+    meta: dict[str, str] | None = None,
+) -> Alert:
+    severity = Severity.WARNING if rule in _WARNINGS else Severity.ALARM
+    return Alert(
+        source,
+        device,
+        tag,
+        rule.value,
+        severity.value,
+        change,
+        start,
+        end,
+        value,
+        expected[0],
+        expected[1],
+        detail,
+        meta or {},
+    )
 
 
 _WARNINGS = frozenset({AlertRule.NORMAL_RANGE, AlertRule.FROZEN})
@@ -628,9 +690,13 @@ def rejection_of(letter: DeadLetter) -> Rejection | None:
 # ---------------------------------------------------------------- Beam
 
 
-def _split(batch: list[Reading] | Reading) -> Iterator[tuple[str, tuple[str, Any]]]:
+def _split(
+    batch: list[Reading] | Reading, clock: Callable[[], float]
+) -> Iterator[tuple[str, tuple[str, Any]]]:
     """A batch -> one element per anomaly shard and one per device in it."""
     readings = batch if isinstance(batch, list) else [batch]
+    # Fused with the source: the clock here is when the readings arrived.
+    heard_at = clock()
     shards: dict[int, list[Reading]] = {}
     devices: dict[str, tuple[str, float]] = {}
     for reading in readings:
@@ -639,9 +705,9 @@ def _split(batch: list[Reading] | Reading) -> Iterator[tuple[str, tuple[str, Any
         if seen is None or reading.ts > seen[1]:
             devices[reading.device] = (reading.source, reading.ts)
     for shard, part in shards.items():
-        yield f"tags/{shard}", ("readings", part)
+        yield f"tags/{shard}", ("readings", (part, heard_at))
     for device, (source, ts) in devices.items():
-        yield f"device/{device}", ("device", (source, device, ts))
+        yield f"device/{device}", ("device", (source, device, ts, heard_at))
 
 
 def _split_rejections(letter: DeadLetter) -> Iterator[tuple[str, tuple[str, Any]]]:
@@ -675,8 +741,9 @@ class _DetectDoFn(beam.DoFn):
         kind, payload = element[1]
         alerts: list[Alert] = []
         if kind == "readings":
-            for reading in payload:
-                alerts += detector.observe(reading)
+            readings, heard_at = payload
+            for reading in readings:
+                alerts += detector.observe(reading, heard_at)
         elif kind == "rejection":
             alerts += detector.observe_rejection(payload)
         else:
@@ -705,7 +772,7 @@ class _DetectDoFn(beam.DoFn):
         # timer fires early and re-arms, instead of a timer write per element.
         due = detector.next_deadline()
         if due is not None and (timer_at is None or due < timer_at):
-            deadline.set(due)
+            deadline.set(Timestamp(micros=math.ceil(due * 1e3) * 1000))
             return due
         return timer_at
 
@@ -724,18 +791,28 @@ class DetectAnomalies(beam.PTransform):
     Args:
         config: the `anomaly` section; see `transforms.anomaly_config`.
         dead_letters: validation's `DEAD_LETTER` output, or None.
+        clock: seconds since the epoch, read once per batch as its arrival
+            time for the silence rules (default `time.time`; tests whose
+            readings are stamped in a simulated past pass `lambda: 0.0`).
     """
 
-    def __init__(self, config: AnomalyConfig, dead_letters: beam.PCollection | None = None) -> None:
+    def __init__(
+        self,
+        config: AnomalyConfig,
+        dead_letters: beam.PCollection | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__()
         errors = config.validate("anomaly")
         if errors:
             raise ValueError("DetectAnomalies: " + "; ".join(errors))
         self._config = config
         self._dead_letters = dead_letters
+        self._clock = clock
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        keyed = batches | "SplitByShard" >> beam.FlatMap(_split)
+        keyed = batches | "SplitByShard" >> beam.FlatMap(_split, self._clock)
         if self._dead_letters is not None:
             rejected = self._dead_letters | "Rejections" >> beam.FlatMap(_split_rejections)
             keyed = (keyed, rejected) | "Merge" >> beam.Flatten()

@@ -212,6 +212,22 @@ def test_a_silent_tag_and_a_silent_device_are_raised_then_cleared() -> None:
     assert feed(d, [reading(600, 1570.0)]) == [("tag_silent", "cleared", CROWN, 5.0, 600.0)]
 
 
+def test_old_data_that_keeps_arriving_is_not_silence() -> None:
+    config = AnomalyConfig(
+        rules={CROWN: AnomalyRule(method="none", silent_seconds=30)}, device_silent_seconds=60
+    )
+    d = AnomalyDetector(config)
+    # A back-fill: readings an hour old, received now (T0 + 3600).
+    d.observe_device("opcua", "furnace", T0 + 5, heard_at=T0 + 3600)
+    d.observe(reading(5, 1570.0), heard_at=T0 + 3600)
+    assert d.expire(T0 + 3620) == []
+    assert d.next_deadline() == T0 + 3630
+    assert [row(a) for a in d.expire(T0 + 3670)] == [
+        ("device_silent", "raised", "", 5.0, None),
+        ("tag_silent", "raised", CROWN, 5.0, None),
+    ]
+
+
 def test_tags_without_a_rule_are_not_watched() -> None:
     d = detector()
     assert feed(d, [reading(t, 400.0 + t * 50, tag="feeder.gob_weight") for t in range(100)]) == []
