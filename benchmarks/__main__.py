@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import mqtt_to_kafka
+from benchmarks import mqtt_to_kafka, transforms
 
-_BENCHMARKS = {"mqtt_to_kafka": mqtt_to_kafka.main}
+_BENCHMARKS = {"mqtt_to_kafka": mqtt_to_kafka.main, "transforms": transforms.main}
 
 if __name__ == "__main__":
     args = sys.argv[1:]
