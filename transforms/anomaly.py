@@ -690,6 +690,9 @@ def rejection_of(letter: DeadLetter) -> Rejection | None:
 # ---------------------------------------------------------------- Beam
 
 
+_Keyed = tuple[str, tuple[str, Any]]
+
+
 def _split(
     batch: list[Reading] | Reading, clock: Callable[[], float]
 ) -> Iterator[tuple[str, tuple[str, Any]]]:
@@ -812,8 +815,13 @@ class DetectAnomalies(beam.PTransform):
         self._clock = clock
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        keyed = batches | "SplitByShard" >> beam.FlatMap(_split, self._clock)
+        # Typed, so that the stateful step gets a deterministic key coder.
+        keyed = batches | "SplitByShard" >> beam.FlatMap(_split, self._clock).with_output_types(
+            _Keyed
+        )
         if self._dead_letters is not None:
-            rejected = self._dead_letters | "Rejections" >> beam.FlatMap(_split_rejections)
+            rejected = self._dead_letters | "Rejections" >> beam.FlatMap(
+                _split_rejections
+            ).with_output_types(_Keyed)
             keyed = (keyed, rejected) | "Merge" >> beam.Flatten()
         return keyed | "Detect" >> beam.ParDo(_DetectDoFn(self._config))

@@ -456,7 +456,8 @@ class ComputeFeatures(beam.PTransform):
                     allowed_lateness=kept_seconds,
                 )
                 | f"Stats[{spec.name}]" >> beam.CombinePerKey(MergeStatsFn())
-                | f"Shard[{spec.name}]" >> beam.Map(_by_shard)
+                | f"Shard[{spec.name}]"
+                >> beam.Map(_by_shard).with_output_types(tuple[int, tuple[Key, WindowStats]])
                 | f"Emit[{spec.name}]" >> beam.ParDo(_EmitFeatures(spec, config))
             )
             per_window.append(features)
