@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import mqtt_to_kafka, transforms
+from benchmarks import anomaly_accuracy, mqtt_to_kafka, transforms
 
-_BENCHMARKS = {"mqtt_to_kafka": mqtt_to_kafka.main, "transforms": transforms.main}
+_BENCHMARKS = {
+    "mqtt_to_kafka": mqtt_to_kafka.main,
+    "transforms": transforms.main,
+    "anomaly_accuracy": anomaly_accuracy.main,
+}
 
 if __name__ == "__main__":
     args = sys.argv[1:]

@@ -24,7 +24,7 @@ Device and tag silence are not scored: the simulated line never goes silent.
 
 Usage::
 
-    python -m benchmarks anomaly_accuracy --hours 24 --faults-per-hour 4 --seeds 1 2 3
+    python -m benchmarks anomaly_accuracy --hours 12 --faults-per-hour 4 --seeds 1 2 3
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ Example::
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+import functools
+import re
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 __all__ = ["PATTERN_CHARS", "is_pattern", "most_specific"]
@@ -38,10 +40,16 @@ def most_specific(settings: Mapping[str, V], tag: str) -> V | None:
     exact = settings.get(tag)
     if exact is not None:
         return exact
-    best: str | None = None
-    for key in settings:
-        if not is_pattern(key) or not fnmatch.fnmatchcase(tag, key):
-            continue
-        if best is None or len(key) > len(best):
-            best = key
-    return None if best is None else settings[best]
+    for pattern, matches in _patterns(tuple(settings)):
+        if matches(tag):
+            return settings[pattern]
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _patterns(keys: tuple[str, ...]) -> list[tuple[str, Callable[[str], object]]]:
+    # Longest first, declaration order among equals (sorted is stable); the
+    # exact keys out: a config with thousands of exact tags and a few
+    # patterns costs a few patterns per new tag, not thousands.
+    patterns = sorted((key for key in keys if is_pattern(key)), key=len, reverse=True)
+    return [(key, re.compile(fnmatch.translate(key)).match) for key in patterns]
