@@ -13,11 +13,15 @@ How it runs: each bundle's readings are summarised per tag and time slice
 same windows) into `TagStatsFn` accumulators, which merge (counts, running
 mean and co-moments, min/max, first/last). Only those partial accumulators
 go on, one per tag and slice per bundle, stamped with the slice's start ->
-`WindowInto` -> `CombinePerKey(MergeStatsFn())` -> `_EmitFeatures`, a
-stateful step that sees only the combined panes (a few per tag and window)
-and turns them into `Feature` records. Beam's per-element costs (windowing,
-combiner lifting, the shuffle: ~100 us per element in Python) are paid per
-tag and slice, not per reading. Windows with the same period share slices.
+fixed windows of one period, combined per tag (discarding: a late pane holds
+only the late samples) -> each configured window (`WindowInto`, accumulating)
+-> `CombinePerKey(MergeStatsFn())` -> `_EmitFeatures`, a stateful step that
+sees only the combined panes (a few per tag and window) and turns them into
+`Feature` records. Beam's per-element costs (windowing, combiner lifting,
+the shuffle: ~100 us per element in Python) are paid per tag and slice per
+bundle once, and per tag and period for each window: a 10-minute window
+sliding every minute merges ten per-minute accumulators instead of taking
+each bundle's partials ten times. Windows with the same period share both.
 
 Lateness: the on-time pane fires when the watermark passes the window's end.
 A reading that arrives later, while the watermark is within
@@ -218,6 +222,13 @@ class MergeStatsFn(TagStatsFn):
 
     def add_input(self, acc: list[Any], partial: list[Any]) -> list[Any]:  # type: ignore[override]
         return self.merge_accumulators((acc, partial))
+
+
+class _MergePartialsFn(MergeStatsFn):
+    """Partial accumulators in, their merge out (still an accumulator)."""
+
+    def extract_output(self, acc: list[Any]) -> list[Any]:  # type: ignore[override]
+        return acc
 
 
 _STATS = TagStatsFn()
@@ -444,14 +455,33 @@ class ComputeFeatures(beam.PTransform):
         # The runner keeps each window this much longer than allowed, so that
         # `_EmitFeatures` can still see, count and drop what comes too late.
         kept_seconds = config.allowed_lateness_seconds + config.late_tracking_seconds
+        late_firings = trigger.AfterWatermark(late=trigger.AfterCount(1))
+        # First, per period: one accumulator per tag and period-long window.
+        # Discarding: a late pane carries only what arrived late, so that the
+        # windows built from these panes can add it to what they already have.
+        per_period = {
+            period: slices
+            | f"Periods[{period:g}s]"
+            >> beam.WindowInto(
+                window.FixedWindows(period),
+                trigger=late_firings,
+                accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                allowed_lateness=kept_seconds,
+            )
+            | f"PeriodStats[{period:g}s]" >> beam.CombinePerKey(_MergePartialsFn())
+            for period, slices in partials.items()
+        }
+        # Then each configured window from its periods: a 10-minute window
+        # sliding every minute merges ten per-minute accumulators per tag,
+        # rather than taking every bundle's partials ten times over.
         per_window = []
         for spec in config.windows:
             features = (
-                partials[spec.period]
+                per_period[spec.period]
                 | f"Window[{spec.name}]"
                 >> beam.WindowInto(
                     _window_fn(spec),
-                    trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                    trigger=late_firings,
                     accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                     allowed_lateness=kept_seconds,
                 )

@@ -176,3 +176,32 @@ def test_sliding_windows_each_summarise_their_own_span() -> None:
             + (1500.0, 1520.0, 60.0, 0.0, None, 0, False),
         ],
     )
+
+
+def test_a_late_reading_updates_each_sliding_window_once() -> None:
+    # Windows of 20 s every 10 s; the watermark passes 20 s, then a reading at
+    # 12 s arrives: both windows holding it ([0, 20) closed, [10, 30) open)
+    # get it once, on top of what they had (not the whole period again).
+    stream = (
+        test_stream.TestStream()
+        .advance_watermark_to(T0)
+        .add_elements([batch(reading(5, 1500.0), reading(15, 1510.0))])
+        .advance_watermark_to(T0 + 21)
+        .add_elements([batch(reading(12, 1530.0))])
+        .advance_watermark_to_infinity()
+    )
+    config = FeaturesConfig(
+        windows=(FeatureWindow("20s", 20.0, 10.0),), allowed_lateness_seconds=30
+    )
+    tag = "furnace.crown_temp_z2"
+    rows = [
+        (tag, "20s", -10.0, 10.0, 1, 1500.0, None, 1500.0, 1500.0)
+        + (1500.0, 1500.0, None, 0.0, None, 0, False),
+        (tag, "20s", 0.0, 20.0, 2, 1505.0, 7.071067812, 1500.0, 1510.0)
+        + (1500.0, 1510.0, 60.0, 0.0, None, 0, False),
+        (tag, "20s", 0.0, 20.0, 3, 1513.333333333, 15.275252317, 1500.0, 1530.0)
+        + (1500.0, 1510.0, 94.936708861, 0.0, None, 1, True),
+        (tag, "20s", 10.0, 30.0, 2, 1520.0, 14.142135624, 1510.0, 1530.0)
+        + (1530.0, 1510.0, -400.0, 0.0, None, 0, False),
+    ]
+    run(stream, config, rows)
