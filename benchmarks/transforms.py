@@ -43,8 +43,8 @@ stands, fused with validation and the features' pre-aggregation, with the
 live source's bundle size. That matters more than anything else here:
 `ComputeFeatures` pre-aggregates per tag and minute slice *per bundle*, so
 with one-second bundles and 1 Hz tags every reading still becomes a partial
-accumulator, which the 10m sliding window then puts in ten windows before
-the combine and the shuffle. `beam.Create(..., reshuffle=False)` would put
+accumulator that goes through windowing and the shuffle once.
+`beam.Create(..., reshuffle=False)` would put
 all the data in one bundle and hide exactly that cost (`--bundle-readings 0`
 does the same: the features' marginal cost per reading then drops to about
 nothing).
@@ -62,9 +62,8 @@ leaves the marginal rate: in steady state it is 20,000 features a minute at
 no faster.
 
 Method: each configuration runs at S and at 3 S seconds of data (`--seconds`,
-default 15, for `validate`; `--features-seconds`, default 2, for
-`validate+features`, which costs seconds of wall time per second of data at
-10,000 tags); the marginal rate, (extra readings) / (extra wall seconds),
+default 15, for `validate`; `--features-seconds`, default 10, for
+`validate+features`); the marginal rate, (extra readings) / (extra wall seconds),
 removes start-up and shut-down (Prism job submission, worker set-up, each
 tag's first sight in the validator, the final window firing). CPU seconds are
 this process's (the SDK worker runs in it) plus Prism's (its child), also
@@ -73,23 +72,24 @@ of those CPU seconds spent in Prism. The two cores let Prism run beside the
 Python worker, so readings/s can exceed readings per CPU-s. Runs vary by
 +-30% from one invocation to the next on this machine.
 
-What it showed (2 cores, AMD EPYC, Python 3.11, Beam 2.77; four runs):
+What it showed (2 cores, AMD EPYC, Python 3.11, Beam 2.77, 2026-11-27):
 validation 59,000-80,000 readings/s batched (34,000-43,000 per CPU second)
-and 22,000-36,000/s per element (17,000-21,000 per CPU second); validation +
-features 2,200-2,700 readings/s batched and 1,200-2,500 per element
-(1,000-2,300 per CPU second), so on Prism the features of 10,000 tags at 1 Hz
-do not keep up with their input. The 10m sliding window is most of that: the
-1m window alone ran at about 20,000 readings/s. Where validation's time goes
-(py-spy and counting): the SDK harness builds a new bundle processor for
-every replayed bundle (about 50 ms per 10,000 readings: DoFns unpickled and
-set up), Beam's output-size sampling therefore pickles the first batches of
-every bundle again (about 50 ms), and Prism spends about 100 ms of CPU; the
-validator's own work is about 12 ms (1.2 us a reading). A new tag costs the
-validator `ValidationConfig.rule_for`, which scans every rule key for a
-pattern-matched tag: about 3-4 s for the first second of 10,000 tags with
-1,000 exact rules, 9 s with 5,000 (`--exact-rules 0.5`). Features: 10,000
-tags x 11 windows should give 110,000; runs counted up to 3% more, windows
-emitted twice, both with `pane_index` 0 (one on time, one late, same count).
+and 22,000-36,000/s per element (17,000-21,000 per CPU second), four runs;
+validation + features (`--features-seconds 10`) 15,600 readings/s batched
+(10,300 per CPU second) and 6,300/s per element (4,700 per CPU second), so
+the features of 10,000 tags at 1 Hz keep up with 1.5 times their input.
+Before the sliding window was built from per-minute accumulators, it put
+each bundle's partials in ten windows and the chain ran at 2,200-2,700/s.
+Where validation's time goes (py-spy and counting): the SDK harness builds a
+new bundle processor for every replayed bundle (about 50 ms per 10,000
+readings: DoFns unpickled and set up), Beam's output-size sampling therefore
+pickles the first batches of every bundle again (about 50 ms), and Prism
+spends about 100 ms of CPU; the validator's own work is about 12 ms (1.2 us
+a reading). A new tag's rule lookup (first sight of 10,000 tags against
+1,000 exact rules and a dozen patterns) takes 0.3 s since patterns are
+compiled once per rule set (3-4 s before). Features: 10,000 tags x 11
+windows should give 110,000; runs counted up to 3% more, windows emitted
+twice, both with `pane_index` 0 (one on time, one late, same count).
 
 Run: `python -m benchmarks transforms [--tags N] [--seconds S] [--features-seconds S]
 [--shape batched per-element] [--stage validate validate+features] [--mode streaming|batch]
@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--features-seconds",
         type=int,
-        default=2,
+        default=10,
         help="seconds of data of the small validate+features run (the large one: 3x)",
     )
     parser.add_argument("--shape", nargs="+", choices=_SHAPES, default=list(_SHAPES))
