@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam.transforms import window
 
 from connectors.kafka import WriteToKafka
 from connectors.mqtt import DEAD_LETTER, READINGS, ReadFromMqtt
@@ -87,16 +88,27 @@ def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
         # Behind a shuffle: not covered by the source's acknowledgement (see
         # transforms.features and transforms.anomaly); features can be
         # recomputed from the readings topic.
-        features = checked[VALID] | f"Features[{name}]" >> ComputeFeatures(config.features)
-        derived = features | f"LineFeatures[{name}]" >> DeriveLineFeatures(config.features.line)
-        crown = checked[VALID] | f"CrownStability[{name}]" >> CrownStability(
-            config.features.crown_stability
-        )
-        for label, records in (("", features), ("Line", derived), ("Crown", crown)):
-            records | f"Write{label}Features[{name}]" >> WriteToKafka(
-                config.kafka, topic=topics.features
+        if config.features.enabled:
+            _add_features(name, checked[VALID], config)
+        if config.anomaly.enabled:
+            alerts = checked[VALID] | f"Anomalies[{name}]" >> DetectAnomalies(
+                config.anomaly, dead_letters=checked[INVALID]
             )
-        alerts = checked[VALID] | f"Anomalies[{name}]" >> DetectAnomalies(
-            config.anomaly, dead_letters=checked[INVALID]
-        )
-        alerts | f"WriteAlerts[{name}]" >> WriteToKafka(config.kafka, topic=topics.alerts)
+            alerts | f"WriteAlerts[{name}]" >> WriteToKafka(config.kafka, topic=topics.alerts)
+
+
+def _add_features(name: str, valid: beam.PCollection, config: DataIngestionConfig) -> None:
+    settings = config.features
+    features = valid | f"Features[{name}]" >> ComputeFeatures(settings)
+    derived = features | f"LineFeatures[{name}]" >> DeriveLineFeatures(settings.line)
+    crown = valid | f"CrownStability[{name}]" >> CrownStability(settings.crown_stability)
+    # One sink (one producer, one flush per bundle) for the three streams;
+    # their windows mean nothing to it.
+    unwindowed = [
+        records | f"Unwindow{label}[{name}]" >> beam.WindowInto(window.GlobalWindows())
+        for label, records in (("Features", features), ("Line", derived), ("Crown", crown))
+    ]
+    all_features = unwindowed | f"AllFeatures[{name}]" >> beam.Flatten()
+    all_features | f"WriteFeatures[{name}]" >> WriteToKafka(
+        config.kafka, topic=config.kafka.topics.features
+    )

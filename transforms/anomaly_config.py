@@ -127,6 +127,8 @@ class AnomalyRule:
 class AnomalyConfig:
     """Rules keyed by tag or pattern, and the device health check (see the module doc)."""
 
+    # false: no anomaly detection in this pipeline.
+    enabled: bool = True
     rules: dict[str, AnomalyRule] = dataclasses.field(default_factory=dict)
     # None switches the device check off.
     device_silent_seconds: float | None = 60.0

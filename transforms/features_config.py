@@ -100,6 +100,8 @@ def _default_windows() -> tuple[FeatureWindow, ...]:
 class FeaturesConfig:
     """Windows, lateness, tag selection and expected periods (see the module doc)."""
 
+    # false: no features in this pipeline (computed elsewhere from glass.readings).
+    enabled: bool = True
     windows: tuple[FeatureWindow, ...] = dataclasses.field(default_factory=_default_windows)
     allowed_lateness_seconds: float = _DEFAULT_ALLOWED_LATENESS_SECONDS
     late_tracking_seconds: float = _DEFAULT_LATE_TRACKING_SECONDS
