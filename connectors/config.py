@@ -354,6 +354,15 @@ def _convert(
     return value
 
 
+def load_section(cls: type[T], data: object, path: str) -> T:
+    """`load_dataclass` for one config section: raises `ConfigError` with every problem."""
+    errors: list[str] = []
+    config = load_dataclass(cls, data, path, errors)
+    if errors or config is None:
+        raise ConfigError(errors)
+    return config
+
+
 def load_dataclass(cls: type[T], data: object, path: str, errors: list[str]) -> T | None:
     """An instance of dataclass `cls` from parsed JSON `data`, or None.
 

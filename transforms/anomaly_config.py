@@ -58,7 +58,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from connectors.config import ConfigError, check_range, join_path, load_dataclass
+from connectors.config import check_range, join_path, load_section
 from transforms.tag_patterns import most_specific
 
 __all__ = ["AnomalyConfig", "AnomalyRule", "Method", "InContext"]
@@ -136,11 +136,7 @@ class AnomalyConfig:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: str = "anomaly") -> AnomalyConfig:
         """The section from parsed JSON; raises `ConfigError` listing every problem."""
-        errors: list[str] = []
-        config = load_dataclass(cls, data, path, errors)
-        if errors or config is None:
-            raise ConfigError(errors)
-        return config
+        return load_section(cls, data, path)
 
     def rule_for(self, tag: str) -> AnomalyRule | None:
         return most_specific(self.rules, tag)

@@ -41,7 +41,7 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
-from connectors.config import ConfigError, check_range, join_path, load_dataclass
+from connectors.config import check_range, join_path, load_section
 from transforms.glass_features_config import CrownStabilityConfig, LineFeaturesConfig
 from transforms.tag_patterns import most_specific
 
@@ -114,11 +114,7 @@ class FeaturesConfig:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: str = "features") -> FeaturesConfig:
         """The section from parsed JSON; raises `ConfigError` listing every problem."""
-        errors: list[str] = []
-        config = load_dataclass(cls, data, path, errors)
-        if errors or config is None:
-            raise ConfigError(errors)
-        return config
+        return load_section(cls, data, path)
 
     def selects(self, tag: str) -> bool:
         """Whether `tag` matches one of `tags` (fnmatch, case-sensitive)."""

@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from connectors.config import ConfigError, check_range, join_path, load_dataclass
+from connectors.config import check_range, join_path, load_section
 from transforms.tag_patterns import is_pattern
 
 __all__ = ["LineFeaturesConfig", "CrownStabilityConfig", "SECTION", "template_regex"]
@@ -78,11 +78,7 @@ class LineFeaturesConfig:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: str = "line_features") -> LineFeaturesConfig:
         """The section from parsed JSON; raises `ConfigError` listing every problem."""
-        errors: list[str] = []
-        config = load_dataclass(cls, data, path, errors)
-        if errors or config is None:
-            raise ConfigError(errors)
-        return config
+        return load_section(cls, data, path)
 
     def input_tags(self) -> frozenset[str]:
         """Every fixed input tag (the mould tags are matched with `section_of`)."""
@@ -152,11 +148,7 @@ class CrownStabilityConfig:
         cls, data: Mapping[str, Any], path: str = "crown_stability"
     ) -> CrownStabilityConfig:
         """The section from parsed JSON; raises `ConfigError` listing every problem."""
-        errors: list[str] = []
-        config = load_dataclass(cls, data, path, errors)
-        if errors or config is None:
-            raise ConfigError(errors)
-        return config
+        return load_section(cls, data, path)
 
     def is_crown(self, tag: str) -> bool:
         return any(fnmatch.fnmatchcase(tag, pattern) for pattern in self.crown_tags)
