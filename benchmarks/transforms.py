@@ -75,9 +75,10 @@ Python worker, so readings/s can exceed readings per CPU-s. Runs vary by
 What it showed (2 cores, AMD EPYC, Python 3.11, Beam 2.77, 2026-11-27):
 validation 59,000-80,000 readings/s batched (34,000-43,000 per CPU second)
 and 22,000-36,000/s per element (17,000-21,000 per CPU second), four runs;
-validation + features (`--features-seconds 10`) 15,600 readings/s batched
-(10,300 per CPU second) and 6,300/s per element (4,700 per CPU second), so
-the features of 10,000 tags at 1 Hz keep up with 1.5 times their input.
+validation + features (`--features-seconds 10`, two runs) 8,200-15,600
+readings/s batched (6,400-10,300 per CPU second) and 6,300-10,100/s per
+element (4,700-8,200 per CPU second): about the 10,000 readings/s that
+10,000 tags at 1 Hz produce.
 Before the sliding window was built from per-minute accumulators, it put
 each bundle's partials in ten windows and the chain ran at 2,200-2,700/s.
 Where validation's time goes (py-spy and counting): the SDK harness builds a
@@ -88,8 +89,8 @@ spends about 100 ms of CPU; the validator's own work is about 12 ms (1.2 us
 a reading). A new tag's rule lookup (first sight of 10,000 tags against
 1,000 exact rules and a dozen patterns) takes 0.3 s since patterns are
 compiled once per rule set (3-4 s before). Features: 10,000 tags x 11
-windows should give 110,000; runs counted up to 3% more, windows emitted
-twice, both with `pane_index` 0 (one on time, one late, same count).
+windows give 110,000; runs counted up to 3% more until the runner's expiry
+pane (late, last, after the window's state was cleared) was skipped.
 
 Run: `python -m benchmarks transforms [--tags N] [--seconds S] [--features-seconds S]
 [--shape batched per-element] [--stage validate validate+features] [--mode streaming|batch]

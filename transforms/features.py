@@ -366,6 +366,11 @@ class _EmitFeatures(beam.DoFn):
         expiry: Any = _EXPIRY_PARAM,
     ) -> Iterator[Feature]:
         key, stats = element[1]
+        if pane.is_last and pane.timing == PaneInfoTiming.LATE:
+            # The runner's expiry pane, at end + allowed + tracking lateness:
+            # after this step closed the window (whose state may already be
+            # cleared, so that it would look like a first pane).
+            return
         shard = progress.read() or ShardProgress(False, {})
         seen, emitted = shard.panes.get(key, (0, 0))
         after, dropped = next_pane(WindowProgress(seen, emitted, shard.closed), stats.count)
@@ -374,9 +379,7 @@ class _EmitFeatures(beam.DoFn):
         if dropped:
             self._dropped.inc(dropped)
         if shard.closed or (emitted and after.seen == seen):
-            # Closed, or a pane that adds nothing (Prism fires a window's
-            # final pane again when it expires, in accumulating mode).
-            return
+            return  # closed, or a pane that adds nothing
         # Idempotent: every pane of the window sets the same time.
         expiry.set(bounds.end + self._config.allowed_lateness_seconds)
         yield self._feature(key, stats, bounds, emitted, pane.timing == PaneInfoTiming.LATE)
