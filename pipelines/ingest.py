@@ -2,9 +2,10 @@
 
 Per source: read -> ValidateReadings -> Kafka (`kafka.topics.readings`), and
 its dead letters (from the decoder and from validation) -> Kafka
-(`kafka.topics.dead_letter`); the valid readings also -> ComputeFeatures
-(-> DeriveLineFeatures) and CrownStability -> Kafka (`kafka.topics.features`) and, with validation's dead letters, ->
-DetectAnomalies -> Kafka (`kafka.topics.alerts`). Readings travel as batches (`list[Reading]`).
+(`kafka.topics.dead_letter`). The valid readings also go to ComputeFeatures
+(then DeriveLineFeatures) and CrownStability -> Kafka (`kafka.topics.features`),
+and, with validation's dead letters, to DetectAnomalies -> Kafka
+(`kafka.topics.alerts`). Readings travel as batches (`list[Reading]`).
 
 Example::
 
