@@ -2,10 +2,10 @@
 
 `Reading` is one sample of one plant tag; `DeadLetter` is input that could not
 become a trusted reading, kept with a stable `reason` code and the original
-payload so nothing is lost; `Feature` is one tag's statistics over one
-event-time window (`transforms.features`); `Alert` one raise or clear of an
-anomaly or source-health condition (`transforms.anomaly`). All are Beam schema types (NamedTuple + RowCoder):
-cheap to encode and portable across runners.
+payload so nothing is lost; `Feature` is one tag's statistics over one event-
+time window (`transforms.features`); `Alert` one raise or clear of an anomaly
+or source-health condition (`transforms.anomaly`). All are Beam schema types
+(NamedTuple + RowCoder): cheap to encode and portable across runners.
 
 Readings travel between transforms in batches (`list[Reading]`, one element per
 poll, notification or drained queue) because Beam Python costs about a

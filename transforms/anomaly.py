@@ -38,12 +38,13 @@ earliest deadline: sources move the watermark with the clock while idle, so a
 silent device is noticed `device_silent_seconds` (plus the source's
 `max_skew_seconds`) after its last reading arrived. The deadline counts from
 the later of the reading's ts and its arrival (stamped in the source's fused
-stage), so replayed or back-filled old data is not silence while it flows. Like features, alerts sit behind a
-shuffle, outside the source's acknowledgement: on Prism a crash loses the
-detectors' state (Flink restores it from its checkpoint). A restarted
-pipeline learns each tag again over `min_samples`; a raised condition is not
-cleared by the restart (its clear is never sent), and a device that never
-reports again after a restart is not known to it, so not reported silent.
+stage), so replayed or back-filled old data is not silence while it flows.
+Like features, alerts sit behind a shuffle, outside the source's
+acknowledgement: on Prism a crash loses the detectors' state (Flink restores
+it from its checkpoint). A restarted pipeline learns each tag again over
+`min_samples`; a raised condition is not cleared by the restart (its clear is
+never sent), and a device that never reports again after a restart is not
+known to it, so not reported silent.
 
 Example::
 

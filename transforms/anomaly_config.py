@@ -45,10 +45,10 @@ Example::
     1600.0
     >>> config.rule_for("combustion.gas_flow").method
     'median_mad'
-    >>> AnomalyConfig.from_json({"rules": {"x": {"threshold": 2, "clear_threshold": 3}}})
+    >>> AnomalyConfig.from_json({"rules": {"x": {"window_samples": 2}}})
     Traceback (most recent call last):
     ...
-    connectors.config.ConfigError: anomaly.rules.x.clear_threshold: 3 must be below threshold 2 (it is where a raised alert clears)
+    connectors.config.ConfigError: anomaly.rules.x.window_samples: must be >= 3, got 2
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 Two transforms produce more `records.Feature` records for the
 `glass.features` stream, next to `ComputeFeatures`' per-tag statistics.
 
-`DeriveLineFeatures(config)` takes `ComputeFeatures`' output and combines,
-per window (`1m`, `10m`, `1h`...), the statistics of several tags into one
-value. Each derived record has `source` "derived", the derived name as `tag`,
-the value in `mean` (the other statistics None), `count` = the input samples,
+`DeriveLineFeatures(config)` takes `ComputeFeatures`' output and combines, per
+window (`1m`, `10m`, `1h`...), the statistics of several tags into one value.
+Each derived record has `source` "derived", the derived name as `tag`, the
+value in `mean` (the other statistics None), `count` = the input samples,
 `bad_fraction` = the bad share of them, `completeness` = the lowest of the
 inputs' (None if none is known), `device` = the inputs' device (distinct
-devices joined by "+"), and `meta["inputs"]` naming the input tags. A feature is emitted only when every input it needs is in the
-window with a value:
+devices joined by "+"), and `meta["inputs"]` naming the input tags. A feature
+is emitted only when every input it needs is in the window with a value:
 
 - `furnace.specific_energy`, GJ/t: melting energy per tonne of glass pulled,
   the main cost KPI (a container furnace runs at about 5.5 GJ/t; a rise at
