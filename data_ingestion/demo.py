@@ -1,8 +1,10 @@
 """`make demo`: the simulated glass line through the pipeline into Kafka.
 
 Starts the simulator for the configured sources, the pipeline on Prism, and a
-Kafka consumer that prints, every few seconds, how many readings and dead
-letters arrived, with the latest value of a few tags. Ctrl-C stops all.
+Kafka consumer that prints, every few seconds, how many records arrived per
+topic, the dead-letter reasons, the latest value of a few tags and the latest
+glass features (specific energy, gob weight CV...), and every alert as it is
+raised or cleared. Ctrl-C stops all.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import collections
 import logging
 import threading
 import time
+from typing import Any
 
 import orjson
 from kafka import KafkaConsumer
 
+from connectors.config import KafkaTopics
 from data_ingestion.main import DataIngestionSystem
 
 __all__ = ["run_demo"]
@@ -25,38 +29,66 @@ _REPORT_SECONDS = 5.0
 _SHOWN_TAGS = 6
 
 
-def _watch_kafka(bootstrap: str, topics: list[str], stop: threading.Event) -> None:
+class _KafkaView:
+    """What the demo prints: counts per topic, latest readings and derived
+    features, dead-letter reasons, and every alert as it arrives."""
+
+    def __init__(self, topics: KafkaTopics) -> None:
+        self._topics = topics
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.reasons: collections.Counter[str] = collections.Counter()
+        self.latest: dict[str, str] = {}
+        self.derived: dict[str, str] = {}
+
+    def add(self, topic: str, record: dict[str, Any]) -> None:
+        self.counts[topic] += 1
+        if topic == self._topics.dead_letter:
+            self.reasons[record["reason"]] += 1
+        elif topic == self._topics.readings:
+            self.latest[record["tag"]] = f"{record['value']:.2f} {record['unit']} @ {record['ts']}"
+        elif topic == self._topics.features and record["source"] == "derived":
+            self.derived[record["tag"]] = (
+                f"{record['mean']:.3f} {record['unit']} over {record['window']} "
+                f"to {record['window_end']}"
+            )
+        elif topic == self._topics.alerts:
+            where = record["tag"] or f"device {record['device']}"
+            print(
+                f"  ALERT {record['state']:7s} {record['severity']:7s} {record['rule']:14s} "
+                f"{where} {record['detail']}"
+            )
+
+    def report(self) -> None:
+        print(f"\n--- in Kafka since start: {dict(self.counts)}")
+        print(f"    dead-letter reasons {dict(self.reasons)}")
+        for tag in sorted(self.latest)[:_SHOWN_TAGS]:
+            print(f"    {tag:32s} {self.latest[tag]}")
+        for tag in sorted(self.derived):
+            print(f"    {tag:32s} {self.derived[tag]}")
+
+
+def _watch_kafka(bootstrap: str, topics: KafkaTopics, stop: threading.Event) -> None:
+    view = _KafkaView(topics)
     consumer = KafkaConsumer(
-        *topics,
+        topics.readings,
+        topics.dead_letter,
+        topics.features,
+        topics.alerts,
         bootstrap_servers=bootstrap.split(","),
         auto_offset_reset="latest",
         enable_auto_commit=False,
         consumer_timeout_ms=500,
     )
-    counts: collections.Counter[str] = collections.Counter()
-    reasons: collections.Counter[str] = collections.Counter()
-    latest: dict[str, str] = {}
     next_report = time.monotonic() + _REPORT_SECONDS
     try:
         while not stop.is_set():
             for message in consumer:
-                counts[message.topic] += 1
-                record = orjson.loads(message.value)
-                if "reason" in record:
-                    reasons[record["reason"]] += 1
-                else:
-                    latest[record["tag"]] = (
-                        f"{record['value']:.2f} {record['unit']} @ {record['ts']}"
-                    )
+                view.add(message.topic, orjson.loads(message.value))
                 if time.monotonic() >= next_report or stop.is_set():
                     break
             if time.monotonic() >= next_report:
                 next_report += _REPORT_SECONDS
-                print(
-                    f"\n--- in Kafka since start: {dict(counts)}; dead-letter reasons {dict(reasons)}"
-                )
-                for tag in sorted(latest)[:_SHOWN_TAGS]:
-                    print(f"    {tag:32s} {latest[tag]}")
+                view.report()
     finally:
         consumer.close()
 
@@ -71,7 +103,7 @@ def run_demo(config_path: str, beam_args: list[str], stop: threading.Event) -> i
 
     system = DataIngestionSystem(config_path, beam_args=beam_args)
     config = system.initialize()
-    topics = [config.kafka.topics.readings, config.kafka.topics.dead_letter]
+    topics = config.kafka.topics
     threads = [
         threading.Thread(
             target=run_simulation,
