@@ -28,12 +28,10 @@ A reading that arrives later, while the watermark is within
 `allowed_lateness_seconds` of the window's end, fires a late pane that
 repeats the whole window's statistics with the new sample (accumulating
 mode): `pane_index` 1, 2... and `is_late` true; consumers keep the highest
-pane of each (device, tag, window, window_start). After that the window is
-closed: later samples are dropped and counted (`features/dropped_late`) for
-a further `late_tracking_seconds`, beyond which the runner has forgotten the
-window and drops them without a count. Beam drops late data silently, so the
-windows are kept open that much longer than allowed and `_EmitFeatures` closes
-them itself with an event-time timer at `end + allowed_lateness_seconds`.
+pane of each (device, tag, window, window_start). Later samples are dropped
+by the runner, without a count: a timer in `_EmitFeatures` that closed each
+window to count them stalled every later window on Prism 2.77 once it had
+fired (found by a live run), so it is not used.
 
 Delivery: in the ingest pipeline these windows sit after the fused
 source -> validation -> Kafka chain, behind a shuffle. Sources acknowledge
@@ -71,9 +69,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam import coders
-from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, userstate, window
-from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
@@ -333,9 +329,7 @@ class ShardProgress(NamedTuple):
 
 
 _PROGRESS = userstate.ReadModifyWriteStateSpec("progress", coders.PickleCoder())
-_EXPIRY = userstate.TimerSpec("expiry", TimeDomain.WATERMARK)
 _PROGRESS_PARAM = beam.DoFn.StateParam(_PROGRESS)
-_EXPIRY_PARAM = beam.DoFn.TimerParam(_EXPIRY)
 
 
 def _by_shard(element: tuple[Key, WindowStats]) -> tuple[int, tuple[Key, WindowStats]]:
@@ -343,16 +337,15 @@ def _by_shard(element: tuple[Key, WindowStats]) -> tuple[int, tuple[Key, WindowS
 
 
 class _EmitFeatures(beam.DoFn):
-    """Combined panes -> `Feature`s; closes each window to late data on time.
+    """Combined panes -> `Feature`s, numbered per window; repeats skipped.
 
-    Runs per shard of tags and window (Beam scopes the state and the timer to
-    both): one state round trip per shard and window, not per tag.
+    Runs per shard of tags and window (Beam scopes the state to both): one
+    state round trip per shard and window, not per tag.
     """
 
     def __init__(self, spec: FeatureWindow, config: FeaturesConfig) -> None:
         self._spec = spec
         self._config = config
-        self._dropped = Metrics.counter("features", "dropped_late")
 
     def setup(self) -> None:
         self._expected: dict[str, float | None] = {}
@@ -363,30 +356,20 @@ class _EmitFeatures(beam.DoFn):
         pane: Any = beam.DoFn.PaneInfoParam,
         bounds: Any = beam.DoFn.WindowParam,
         progress: Any = _PROGRESS_PARAM,
-        expiry: Any = _EXPIRY_PARAM,
     ) -> Iterator[Feature]:
         key, stats = element[1]
         if pane.is_last and pane.timing == PaneInfoTiming.LATE:
-            # The runner's expiry pane, at end + allowed + tracking lateness:
-            # after this step closed the window (whose state may already be
-            # cleared, so that it would look like a first pane).
+            # The runner's expiry pane, at end + allowed lateness: it repeats
+            # the window after its state was cleared (looks like a first pane).
             return
         shard = progress.read() or ShardProgress(False, {})
         seen, emitted = shard.panes.get(key, (0, 0))
-        after, dropped = next_pane(WindowProgress(seen, emitted, shard.closed), stats.count)
+        after, _ = next_pane(WindowProgress(seen, emitted, shard.closed), stats.count)
         shard.panes[key] = (after.seen, after.emitted)
         progress.write(shard)
-        if dropped:
-            self._dropped.inc(dropped)
-        if shard.closed or (emitted and after.seen == seen):
-            return  # closed, or a pane that adds nothing
-        # Idempotent: every pane of the window sets the same time.
-        expiry.set(bounds.end + self._config.allowed_lateness_seconds)
+        if emitted and after.seen == seen:
+            return  # a pane that adds nothing
         yield self._feature(key, stats, bounds, emitted, pane.timing == PaneInfoTiming.LATE)
-
-    @userstate.on_timer(_EXPIRY)
-    def close(self, progress: Any = _PROGRESS_PARAM) -> None:
-        progress.write((progress.read() or ShardProgress(False, {}))._replace(closed=True))
 
     def _feature(
         self, key: Key, stats: WindowStats, bounds: Any, pane_index: int, is_late: bool
@@ -455,9 +438,10 @@ class ComputeFeatures(beam.PTransform):
             )
             for period in sorted({spec.period for spec in config.windows})
         }
-        # The runner keeps each window this much longer than allowed, so that
-        # `_EmitFeatures` can still see, count and drop what comes too late.
-        kept_seconds = config.allowed_lateness_seconds + config.late_tracking_seconds
+        # Later data is dropped by the runner. (A timer closing each window
+        # here, to count what comes too late, stalled every later window on
+        # Prism 2.77 once it fired: measured, so not used.)
+        kept_seconds = config.allowed_lateness_seconds
         late_firings = trigger.AfterWatermark(late=trigger.AfterCount(1))
         # First, per period: one accumulator per tag and period-long window.
         # Discarding: a late pane carries only what arrived late, so that the

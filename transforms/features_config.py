@@ -6,9 +6,7 @@ one with `period_seconds` slides (a 10-minute window every minute). Windows
 start at multiples of their period (size for fixed windows) since the epoch.
 `allowed_lateness_seconds` is how long after a window's end (in watermark
 time) a late reading still updates it: the window's statistics are emitted
-again, whole. Later readings are dropped and counted for a further
-`late_tracking_seconds`; beyond that the runner drops them without a count
-(counting needs the window's state, which is kept that much longer).
+again, whole. Later readings are dropped (by the runner, uncounted).
 `tags` selects tags by fnmatch pattern (default: all). `expected_period_seconds`
 maps a tag or pattern to its nominal sample period (the most specific key
 wins, as in `validation.rules`) to report completeness. `line` and
@@ -48,7 +46,6 @@ from transforms.tag_patterns import most_specific
 __all__ = ["FeatureWindow", "FeaturesConfig"]
 
 _DEFAULT_ALLOWED_LATENESS_SECONDS = 60.0
-_DEFAULT_LATE_TRACKING_SECONDS = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +101,6 @@ class FeaturesConfig:
     enabled: bool = True
     windows: tuple[FeatureWindow, ...] = dataclasses.field(default_factory=_default_windows)
     allowed_lateness_seconds: float = _DEFAULT_ALLOWED_LATENESS_SECONDS
-    late_tracking_seconds: float = _DEFAULT_LATE_TRACKING_SECONDS
     tags: tuple[str, ...] = ("*",)
     expected_period_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     # The glass-specific features (transforms.glass_features) and their tags.
@@ -141,10 +137,6 @@ class FeaturesConfig:
             seen.add(window.name)
         errors += check_range(
             join_path(path, "allowed_lateness_seconds"), self.allowed_lateness_seconds, 0
-        )
-        # A window's expiry timer must fire before the runner forgets the window.
-        errors += check_range(
-            join_path(path, "late_tracking_seconds"), self.late_tracking_seconds, above=0
         )
         if not self.tags:
             errors.append(f'{join_path(path, "tags")}: must list a pattern (e.g. ["*"])')

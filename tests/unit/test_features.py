@@ -213,7 +213,6 @@ def test_config_from_json_with_every_key() -> None:
                 {"name": "10m", "size_seconds": 600, "period_seconds": 60},
             ],
             "allowed_lateness_seconds": 30,
-            "late_tracking_seconds": 300,
             "tags": ["furnace.*", "feeder.gob_weight"],
             "expected_period_seconds": {"furnace.*": 1, "furnace.glass_level": 0.5},
         }
@@ -221,7 +220,6 @@ def test_config_from_json_with_every_key() -> None:
     assert config == FeaturesConfig(
         windows=(FeatureWindow("1m", 60.0), FeatureWindow("10m", 600.0, 60.0)),
         allowed_lateness_seconds=30.0,
-        late_tracking_seconds=300.0,
         tags=("furnace.*", "feeder.gob_weight"),
         expected_period_seconds={"furnace.*": 1.0, "furnace.glass_level": 0.5},
     )
@@ -242,7 +240,6 @@ def test_config_errors_name_every_path() -> None:
                     {"name": "7m", "size_seconds": 420, "period_seconds": 180},
                 ],
                 "allowed_lateness_seconds": -5,
-                "late_tracking_seconds": 0,
                 "tags": [],
                 "expected_period_seconds": {"furnace.*": 0},
                 "window_seconds": 60,
@@ -258,7 +255,6 @@ def test_config_errors_name_every_path() -> None:
         "features.windows[1].name: '1m' is already used (window names label features and "
         "must be unique)",
         "features.allowed_lateness_seconds: must be >= 0, got -5",
-        "features.late_tracking_seconds: must be > 0, got 0",
         'features.tags: must list a pattern (e.g. ["*"])',
         'features.expected_period_seconds["furnace.*"]: must be > 0, got 0',
     ]
