@@ -1,7 +1,8 @@
 """Packaging for the glass-line ingestion system.
 
 Also what Beam ships to remote workers with `--setup_file` (Flink): the
-workers then import `connectors`, `transforms`, `pipelines` and `records`.
+workers then import `connectors`, `transforms`, `pipelines`, `records` and
+`typed_config`.
 """
 
 from pathlib import Path
@@ -29,6 +30,7 @@ setup(
             "data_ingestion*",
             "records*",
             "simulators*",
+            "typed_config*",
         ]
     ),
     package_data={"data_ingestion": ["*.xml"]},

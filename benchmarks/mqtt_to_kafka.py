@@ -35,8 +35,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks._measure import group_cpu_seconds, machine, percentile, process_cpu_seconds
-from connectors.config import MqttSource
 from connectors.mqtt import READINGS, ReadFromMqtt
+from connectors.mqtt_config import MqttSource
 from data_ingestion import stack
 from data_ingestion.testing import (
     PipelineProcess,

@@ -20,7 +20,7 @@ timestamp = source timestamp, headers `source` and `schema` (`reading/1`,
 
 Example::
 
-    from connectors.config import KafkaSink
+    from connectors.kafka_config import KafkaSink
     readings | WriteToKafka(KafkaSink(bootstrap_servers="127.0.0.1:9092"),
                             topic="glass.readings")
 """
@@ -38,7 +38,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
-from connectors.config import KafkaSink
+from connectors.kafka_config import KafkaSink
 from records import (
     Alert,
     DeadLetter,

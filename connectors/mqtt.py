@@ -34,7 +34,7 @@ is still acknowledged: it was handled.
 
 Example::
 
-    from connectors.config import MqttSource
+    from connectors.mqtt_config import MqttSource
     outputs = pipeline | ReadFromMqtt(
         [MqttSource(name="iot", host="127.0.0.1", topics=("plant/#",))])
     readings = outputs[READINGS]       # PCollection[list[Reading]], batched
@@ -70,7 +70,7 @@ from connectors.base import (
     Receiver,
     run_connection_loop,
 )
-from connectors.config import MqttSource
+from connectors.mqtt_config import MqttSource
 from records import DeadLetter, Quality, Reading, Reason, parse_ts, payload_field
 
 __all__ = ["ReadFromMqtt", "READINGS", "DEAD_LETTER", "parse_mqtt_payload"]

@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     overrides = _parse_set(args.set)
     if args.runner:
         overrides["pipeline.runner"] = args.runner
-    from connectors.config import ConfigError
+    from typed_config import ConfigError
 
     system = DataIngestionSystem(args.config, overrides=overrides, beam_args=beam_args)
     try:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer
 
-from connectors.config import KafkaTopics
+from connectors.kafka_config import KafkaTopics
 from data_ingestion.main import DataIngestionSystem
 
 __all__ = ["run_demo"]

@@ -89,7 +89,7 @@ class DataIngestionSystem:
             config = DataIngestionSetup(self._source, overrides=self._overrides).load_config()
         problems = unsupported_sources(config)
         if problems:
-            from connectors.config import ConfigError
+            from typed_config import ConfigError
 
             raise ConfigError(problems)
         self._beam_args = _with_prism_location(config, self._beam_args)

@@ -44,8 +44,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from connectors.config import ConfigError, join_path, type_at
 from pipelines.config import DataIngestionConfig, parse_config
+from typed_config import ConfigError, join_path, type_at
 
 __all__ = ["DataIngestionSetup", "check_config", "parse_dotenv"]
 

@@ -19,7 +19,7 @@ Example::
     >>> parse_config({"kafka": {"linger_ms": "5"}})
     Traceback (most recent call last):
     ...
-    connectors.config.ConfigError: kafka.linger_ms: must be an integer, got "5"
+    typed_config.ConfigError: kafka.linger_ms: must be an integer, got "5"
 """
 
 from __future__ import annotations
@@ -29,26 +29,20 @@ import enum
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from connectors.config import (
-    CameraSource,
-    ConfigError,
-    KafkaSink,
-    ModbusSource,
-    MqttSource,
-    OpcUaSource,
-    SourceConfig,
-    check_name,
-    check_range,
-    join_path,
-    load_dataclass,
-)
+from connectors.camera_config import CameraSource
+from connectors.kafka_config import KafkaSink
+from connectors.modbus_config import ModbusSource
+from connectors.mqtt_config import MqttSource
+from connectors.opcua_config import OpcUaSource
 from transforms.anomaly_config import AnomalyConfig
 from transforms.features_config import FeaturesConfig
 from transforms.validation_config import ValidationConfig
+from typed_config import ConfigError, check_name, check_range, join_path, load_dataclass
 
 __all__ = [
     "DataIngestionConfig",
     "PipelineSection",
+    "SourceConfig",
     "SourcesSection",
     "parse_config",
     "to_dict",
@@ -59,6 +53,9 @@ _DEFAULT_MAX_SKEW_SECONDS = 5.0
 _DEFAULT_MAX_RECORDS_PER_BUNDLE = 10_000
 _DEFAULT_MAX_BUNDLE_SECONDS = 1.0
 _DEFAULT_POLL_INTERVAL_SECONDS = 0.05
+
+# Any one configured source, whatever its kind.
+SourceConfig = MqttSource | OpcUaSource | ModbusSource | CameraSource
 
 
 @dataclasses.dataclass(frozen=True)

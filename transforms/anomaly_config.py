@@ -48,7 +48,7 @@ Example::
     >>> AnomalyConfig.from_json({"rules": {"x": {"window_samples": 2}}})
     Traceback (most recent call last):
     ...
-    connectors.config.ConfigError: anomaly.rules.x.window_samples: must be >= 3, got 2
+    typed_config.ConfigError: anomaly.rules.x.window_samples: must be >= 3, got 2
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ import functools
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from connectors.config import check_range, join_path, load_section
 from transforms.tag_patterns import most_specific
+from typed_config import check_range, join_path, load_section
 
 __all__ = ["AnomalyConfig", "AnomalyRule", "Method", "InContext"]
 

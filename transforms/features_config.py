@@ -29,7 +29,7 @@ Example::
     >>> FeaturesConfig.from_json({"windows": [{"name": "1m", "size_seconds": 0}]})
     Traceback (most recent call last):
     ...
-    connectors.config.ConfigError: features.windows[0].size_seconds: must be > 0, got 0
+    typed_config.ConfigError: features.windows[0].size_seconds: must be > 0, got 0
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
-from connectors.config import check_range, join_path, load_section
 from transforms.glass_features_config import CrownStabilityConfig, LineFeaturesConfig
 from transforms.tag_patterns import most_specific
+from typed_config import check_range, join_path, load_section
 
 __all__ = ["FeatureWindow", "FeaturesConfig"]
 

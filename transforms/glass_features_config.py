@@ -22,8 +22,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from connectors.config import check_range, join_path, load_section
 from transforms.tag_patterns import is_pattern
+from typed_config import check_range, join_path, load_section
 
 __all__ = ["LineFeaturesConfig", "CrownStabilityConfig", "SECTION", "template_regex"]
 

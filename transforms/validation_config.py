@@ -51,8 +51,8 @@ import functools
 import math
 from typing import Literal
 
-from connectors.config import check_range, join_path
 from transforms.tag_patterns import PATTERN_CHARS, most_specific
+from typed_config import check_range, join_path
 
 __all__ = [
     "ValidationRule",

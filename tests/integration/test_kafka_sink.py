@@ -7,8 +7,8 @@ import orjson
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from connectors.config import KafkaSink
 from connectors.kafka import WriteToKafka
+from connectors.kafka_config import KafkaSink
 from data_ingestion.testing import TopicReader, wait_until
 from records import DeadLetter, Reading, format_ts
 

@@ -11,10 +11,10 @@ import random
 import orjson
 import pytest
 
-from connectors.config import ConfigError
 from records import Alert, DeadLetter, Reading, alert_to_json
 from transforms.anomaly import AnomalyDetector, rejection_of
 from transforms.anomaly_config import AnomalyConfig, AnomalyRule
+from typed_config import ConfigError
 
 T0 = 1_795_802_400.0
 CROWN = "furnace.crown_temp_z2"

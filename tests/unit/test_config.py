@@ -9,6 +9,7 @@ exactly).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import pickle
@@ -17,18 +18,13 @@ from typing import Any
 
 import pytest
 
-from connectors.config import (
-    ConfigError,
-    KafkaSink,
-    ModbusRegister,
-    MqttSource,
-    MqttTls,
-    load_dataclass,
-    topic_filter_problem,
-)
+from connectors.kafka_config import KafkaSink
+from connectors.modbus_config import ModbusRegister
+from connectors.mqtt_config import MqttSource, MqttTls, topic_filter_problem
 from data_ingestion.setup import DataIngestionSetup, check_config, parse_dotenv
 from pipelines.config import DataIngestionConfig, parse_config, to_dict
 from transforms.validation_config import ValidationConfig, ValidationRule
+from typed_config import ConfigError, load_dataclass
 
 _REPO = Path(__file__).resolve().parents[2]
 _CASES = _REPO / "tests" / "cases" / "config"
@@ -200,6 +196,21 @@ def test_an_empty_file_gives_the_defaults() -> None:
                 "r.scale: must not be 0 (every value would read 0)",
             ],
         ),
+        (
+            {"address": -1, "scale": 0},
+            [
+                "r.tag: required",
+                "r.address: must be 0..65535, got -1",
+                "r.scale: must not be 0 (every value would read 0)",
+            ],
+        ),
+        (
+            {"tag": "a", "address": "1", "scale": 0},
+            [
+                'r.address: must be an integer, got "1"',
+                "r.scale: must not be 0 (every value would read 0)",
+            ],
+        ),
         ({"tag": "a", "address": [1]}, ["r.address: must be an integer, got a list"]),
         ({"tag": "a", "address": {}}, ["r.address: must be an integer, got an object"]),
         ("holding 1", ['r: must be an object, got "holding 1"']),
@@ -244,6 +255,23 @@ def test_a_broken_optional_value_still_lets_the_other_rules_run() -> None:
         "m.port: must be 1..65535, got 0",
     ]
     assert source is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Line:
+    name: str
+    zones: tuple[str, ...]
+    speed: int = 1
+
+    def validate(self, path: str) -> list[str]:
+        first = self.zones[0]  # IndexError on the placeholder ()
+        return [f"{path}.speed: too slow for {first}"] if self.speed < 1 else []
+
+
+def test_a_validate_that_fails_on_a_placeholder_adds_nothing() -> None:
+    found: list[str] = []
+    assert load_dataclass(_Line, {"name": "c", "speed": 0}, "line", found) is None
+    assert found == ["line.zones: required"]
 
 
 @pytest.mark.parametrize(

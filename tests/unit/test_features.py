@@ -13,7 +13,6 @@ import math
 import orjson
 import pytest
 
-from connectors.config import ConfigError
 from records import Feature, Reading, feature_to_json
 from transforms.features import (
     MergeStatsFn,
@@ -24,6 +23,7 @@ from transforms.features import (
     next_pane,
 )
 from transforms.features_config import FeaturesConfig, FeatureWindow
+from typed_config import ConfigError
 
 T0 = 1_795_802_400.0  # 2026-11-27T18:00:00Z: epoch seconds large enough to break naive sums
 

@@ -19,7 +19,6 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from connectors.config import ConfigError
 from records import Feature, Reading
 from simulators.glass_line import GlassLine
 from transforms.features import ComputeFeatures, TagStatsFn
@@ -33,6 +32,7 @@ from transforms.glass_features import (
     LineFeaturesConfig,
     derive_line_features,
 )
+from typed_config import ConfigError
 
 T0 = 1_795_802_400.0  # 2026-11-27T18:00:00Z, a multiple of 600 s
 T0_MICROS = 1_795_802_400_000_000

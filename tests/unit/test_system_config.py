@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from connectors.config import ConfigError
 from data_ingestion.main import DataIngestionSystem
 from data_ingestion.testing import REPO
 from pipelines.config import parse_config
+from typed_config import ConfigError
 
 
 def _demo_config():

@@ -22,7 +22,6 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.config import ConfigError
 from data_ingestion.setup import DataIngestionSetup
 from pipelines.config import parse_config, to_dict
 from records import (
@@ -42,6 +41,7 @@ from transforms.validation import (
     check_reading,
 )
 from transforms.validation_config import ContextRule, ValidationConfig, ValidationRule
+from typed_config import ConfigError
 
 _REPO = Path(__file__).resolve().parents[2]
 _CASES = _REPO / "tests" / "cases" / "validation"
