@@ -47,16 +47,25 @@ from apache_beam.io.unbounded_source import CheckpointMark, UnboundedReader
 from apache_beam.utils.timestamp import Timestamp
 
 __all__ = [
+    "READINGS",
+    "DEAD_LETTER",
+    "ALERTS",
     "Backoff",
     "ReceiveBuffer",
     "run_connection_loop",
     "Receiver",
+    "live_receiver",
     "PushReader",
     "AckCheckpointMark",
     "AckCheckpointMarkCoder",
 ]
 
 _LOGGER = logging.getLogger(__name__)
+
+# The outputs every source transform returns (a dict of PCollections by tag).
+READINGS = "readings"  # list[Reading] batches
+DEAD_LETTER = "dead_letter"  # DeadLetter: input that could not become a reading
+ALERTS = "alerts"  # Alert: what the connector itself raises (link lost, gaps, events)
 
 _DEFAULT_BACKOFF_INITIAL_SECONDS = 0.5
 _DEFAULT_BACKOFF_MAX_SECONDS = 30.0
@@ -238,6 +247,11 @@ _OWNERS: dict[str, str] = {}
 _RECEIVERS_LOCK = threading.Lock()
 
 
+def live_receiver(key: str) -> Receiver[Any] | None:
+    """The running receiver of source `key` in this process, if any."""
+    return _RECEIVERS.get(key)
+
+
 def _acquire_receiver(key: str, owner: str, factory: Callable[[], Receiver[Any]]) -> Receiver[Any]:
     with _RECEIVERS_LOCK:
         receiver = _RECEIVERS.get(key)
@@ -405,7 +419,7 @@ class PushReader(UnboundedReader, Generic[T]):
         horizon = now if oldest is None else min(oldest[1], now)
         return Timestamp(horizon - self._max_skew)
 
-    def get_checkpoint_mark(self) -> AckCheckpointMark:
+    def get_checkpoint_mark(self) -> CheckpointMark:
         handles, self._unacked = self._unacked, []
         return AckCheckpointMark(self.source_key, self._unacked_generation, handles)
 

@@ -64,6 +64,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from connectors.base import (
+    DEAD_LETTER,
+    READINGS,
     AckCheckpointMarkCoder,
     Backoff,
     PushReader,
@@ -77,8 +79,6 @@ __all__ = ["ReadFromMqtt", "READINGS", "DEAD_LETTER", "parse_mqtt_payload"]
 
 _LOGGER = logging.getLogger(__name__)
 
-READINGS = "readings"
-DEAD_LETTER = "dead_letter"
 
 _DEFAULT_MAX_BATCH = 500
 _DEFAULT_MAX_SKEW_SECONDS = 5.0

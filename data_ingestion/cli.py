@@ -120,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # kafka-python logs every connection step at INFO.
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    # kafka-python logs every connection step at INFO, asyncua every request;
+    # the connectors log what matters to an operator.
+    quiet = max(logging.WARNING, logging.getLevelName(args.log_level))
+    for chatty in ("kafka", "asyncua"):
+        logging.getLogger(chatty).setLevel(quiet)
     if args.command not in ("run", "demo") and beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if args.command == "run":

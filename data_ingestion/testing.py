@@ -6,15 +6,19 @@
 - `publish`: publishes MQTT messages and waits for every acknowledgement.
 - `pipeline_config`: the demo config pointed at given brokers and fresh topics.
 - `wait_until`: waits on a condition, never on a fixed sleep.
+- `TcpProxy`: a TCP relay a test can cut, as a network failure would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -201,3 +205,78 @@ def publish(
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+class TcpProxy:
+    """A TCP relay on a free loopback port to `upstream`, that a test can cut.
+
+    `cut()` drops every relayed connection and refuses new ones (the listener
+    closes), as a pulled cable or a firewall would while the server keeps
+    running; `restore()` listens again on the same port.
+    """
+
+    def __init__(self, upstream: tuple[str, int], *, host: str = "127.0.0.1") -> None:
+        from data_ingestion.stack import free_port
+
+        self.upstream = upstream
+        self.host = host
+        self.port = free_port(host)
+        self._listener: socket.socket | None = None
+        self._links: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> TcpProxy:
+        self.restore()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+
+    def restore(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # shutdown wakes the accept() blocked in the other thread.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            links, self._links = self._links, set()
+        for link in links:
+            with contextlib.suppress(OSError):
+                link.shutdown(socket.SHUT_RDWR)
+            link.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._links |= {client, server}
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        for end in (source, target):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)

@@ -1,11 +1,18 @@
 """Assemble the ingestion pipeline from a validated config.
 
-Per source: read -> ValidateReadings -> Kafka (`kafka.topics.readings`), and
-its dead letters (from the decoder and from validation) -> Kafka
-(`kafka.topics.dead_letter`). The valid readings also go to ComputeFeatures
-(then DeriveLineFeatures) and CrownStability -> Kafka (`kafka.topics.features`),
-and, with validation's dead letters, to DetectAnomalies -> Kafka
-(`kafka.topics.alerts`). Readings travel as batches (`list[Reading]`).
+Per source (MQTT, OPC UA): read -> ValidateReadings -> Kafka
+(`kafka.topics.readings`); its dead letters (from the decoder and from
+validation) -> Kafka (`kafka.topics.dead_letter`); the connector's own alerts
+(an OPC UA link lost, a gap it could not back-fill, a server event) -> Kafka
+(`kafka.topics.alerts`). Each source is one fused chain, so it commits (and
+acknowledges upstream) only after Kafka has its records.
+
+Then the valid readings of *all* sources together go to ComputeFeatures (then
+DeriveLineFeatures) and CrownStability -> Kafka (`kafka.topics.features`),
+and, with every source's validation dead letters, to DetectAnomalies -> Kafka
+(`kafka.topics.alerts`): a glass feature may take its gas flow from an OPC UA
+server and its pull from an MQTT sensor. Readings travel as batches
+(`list[Reading]`).
 
 Example::
 
@@ -16,11 +23,16 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import apache_beam as beam
 from apache_beam.transforms import window
 
+from connectors.base import ALERTS, DEAD_LETTER, READINGS
 from connectors.kafka import WriteToKafka
-from connectors.mqtt import DEAD_LETTER, READINGS, ReadFromMqtt
+from connectors.mqtt import ReadFromMqtt
+from connectors.opcua import ReadFromOpcUa
 from pipelines.config import DataIngestionConfig
 from transforms.anomaly import DetectAnomalies
 from transforms.features import ComputeFeatures
@@ -36,80 +48,109 @@ def unsupported_sources(config: DataIngestionConfig) -> list[str]:
     sources = config.sources
     return [
         f"sources.{kind}[{index}] ({source.name}): the {kind} connector is not available yet"
-        for kind, declared in (
-            ("opcua", sources.opcua),
-            ("modbus", sources.modbus),
-            ("camera", sources.camera),
-        )
+        for kind, declared in (("modbus", sources.modbus), ("camera", sources.camera))
         for index, source in enumerate(declared)
     ]
 
 
 def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
-    """Adds, per configured source, its reader, validation and the Kafka sinks.
+    """Adds, per configured source, its reader, validation and the Kafka sinks;
+    then features and anomaly detection over all sources' valid readings.
 
     Each source is its own chain from reader to sinks, with no Flatten or
     shuffle in between: the runner fuses it into one stage, so a source's
     bundle commits (and the source acknowledges upstream) only after the
     sinks flushed its records to Kafka. Prism does not fuse across a Flatten:
     the source would acknowledge records that are still in the runner's
-    memory, and a crash would lose them.
+    memory, and a crash would lose them. The merge for features and anomalies
+    comes after the sinks, on a branch of its own.
     """
     problems = unsupported_sources(config)
     if problems:
         raise ValueError("; ".join(problems))
-    if not config.sources.mqtt:
-        raise ValueError("no sources configured: declare at least one under sources.mqtt")
-    settings = config.pipeline
-    topics = config.kafka.topics
+    if not config.sources.mqtt and not config.sources.opcua:
+        raise ValueError(
+            "no sources configured: declare at least one under sources.mqtt or sources.opcua"
+        )
     # One validation state for every source: context windows are plant-wide
     # (a firing reversal read from one source suspends rules on another's tags).
     validation_state = ValidationState(config.validation)
-    for source in config.sources.mqtt:
-        name = f"mqtt[{source.name}]"
-        mqtt = pipeline | f"Read[{name}]" >> ReadFromMqtt(
-            [source],
-            max_skew_seconds=settings.max_skew_seconds,
-            max_records_per_bundle=settings.max_records_per_bundle,
-            max_bundle_seconds=settings.max_bundle_seconds,
-            poll_interval_seconds=settings.poll_interval_seconds,
+    valid, invalid = [], []
+    for name, read in _readers(config):
+        checked = _source_chain(pipeline, name, read, config, validation_state)
+        valid.append(checked[VALID])
+        invalid.append(checked[INVALID])
+    # Behind a shuffle: not covered by the sources' commits (see
+    # transforms.features and transforms.anomaly); features can be recomputed
+    # from the readings topic.
+    all_valid = _merge(valid, "AllValidReadings")
+    if config.features.enabled:
+        _add_features(all_valid, config)
+    if config.anomaly.enabled:
+        alerts = all_valid | "Anomalies" >> DetectAnomalies(
+            config.anomaly, dead_letters=_merge(invalid, "AllInvalidReadings")
         )
-        checked = mqtt[READINGS] | f"Validate[{name}]" >> ValidateReadings(
-            config.validation, state=validation_state
-        )
-        checked[VALID] | f"WriteReadings[{name}]" >> WriteToKafka(
-            config.kafka, topic=topics.readings
-        )
-        mqtt[DEAD_LETTER] | f"WriteUndecodable[{name}]" >> WriteToKafka(
-            config.kafka, topic=topics.dead_letter
-        )
-        checked[INVALID] | f"WriteInvalid[{name}]" >> WriteToKafka(
-            config.kafka, topic=topics.dead_letter
-        )
-        # Behind a shuffle: not covered by the source's acknowledgement (see
-        # transforms.features and transforms.anomaly); features can be
-        # recomputed from the readings topic.
-        if config.features.enabled:
-            _add_features(name, checked[VALID], config)
-        if config.anomaly.enabled:
-            alerts = checked[VALID] | f"Anomalies[{name}]" >> DetectAnomalies(
-                config.anomaly, dead_letters=checked[INVALID]
-            )
-            alerts | f"WriteAlerts[{name}]" >> WriteToKafka(config.kafka, topic=topics.alerts)
+        alerts | "WriteAlerts" >> WriteToKafka(config.kafka, topic=config.kafka.topics.alerts)
 
 
-def _add_features(name: str, valid: beam.PCollection, config: DataIngestionConfig) -> None:
+def _readers(config: DataIngestionConfig) -> Iterator[tuple[str, beam.PTransform]]:
+    """(label, reader) per configured source, one reader each."""
+    settings = config.pipeline
+    pacing: dict[str, Any] = {
+        "max_skew_seconds": settings.max_skew_seconds,
+        "max_records_per_bundle": settings.max_records_per_bundle,
+        "max_bundle_seconds": settings.max_bundle_seconds,
+        "poll_interval_seconds": settings.poll_interval_seconds,
+    }
+    for mqtt in config.sources.mqtt:
+        yield f"mqtt[{mqtt.name}]", ReadFromMqtt([mqtt], **pacing)
+    for opcua in config.sources.opcua:
+        yield f"opcua[{opcua.name}]", ReadFromOpcUa([opcua], **pacing)
+
+
+def _source_chain(
+    pipeline: beam.Pipeline,
+    name: str,
+    read: beam.PTransform,
+    config: DataIngestionConfig,
+    validation_state: ValidationState,
+) -> dict[str, beam.PCollection]:
+    """read -> validate -> Kafka, one fused stage; returns validation's outputs."""
+    topics = config.kafka.topics
+    outputs = pipeline | f"Read[{name}]" >> read
+    checked = outputs[READINGS] | f"Validate[{name}]" >> ValidateReadings(
+        config.validation, state=validation_state
+    )
+    checked[VALID] | f"WriteReadings[{name}]" >> WriteToKafka(config.kafka, topic=topics.readings)
+    outputs[DEAD_LETTER] | f"WriteUndecodable[{name}]" >> WriteToKafka(
+        config.kafka, topic=topics.dead_letter
+    )
+    checked[INVALID] | f"WriteInvalid[{name}]" >> WriteToKafka(
+        config.kafka, topic=topics.dead_letter
+    )
+    if ALERTS in outputs:
+        outputs[ALERTS] | f"WriteSourceAlerts[{name}]" >> WriteToKafka(
+            config.kafka, topic=topics.alerts
+        )
+    return checked
+
+
+def _merge(collections: list[beam.PCollection], label: str) -> beam.PCollection:
+    if len(collections) == 1:
+        return collections[0]
+    return collections | label >> beam.Flatten()
+
+
+def _add_features(valid: beam.PCollection, config: DataIngestionConfig) -> None:
     settings = config.features
-    features = valid | f"Features[{name}]" >> ComputeFeatures(settings)
-    derived = features | f"LineFeatures[{name}]" >> DeriveLineFeatures(settings.line)
-    crown = valid | f"CrownStability[{name}]" >> CrownStability(settings.crown_stability)
+    features = valid | "Features" >> ComputeFeatures(settings)
+    derived = features | "LineFeatures" >> DeriveLineFeatures(settings.line)
+    crown = valid | "CrownStability" >> CrownStability(settings.crown_stability)
     # One sink (one producer, one flush per bundle) for the three streams;
     # their windows mean nothing to it.
     unwindowed = [
-        records | f"Unwindow{label}[{name}]" >> beam.WindowInto(window.GlobalWindows())
+        records | f"Unwindow{label}" >> beam.WindowInto(window.GlobalWindows())
         for label, records in (("Features", features), ("Line", derived), ("Crown", crown))
     ]
-    all_features = unwindowed | f"AllFeatures[{name}]" >> beam.Flatten()
-    all_features | f"WriteFeatures[{name}]" >> WriteToKafka(
-        config.kafka, topic=config.kafka.topics.features
-    )
+    all_features = unwindowed | "AllFeatures" >> beam.Flatten()
+    all_features | "WriteFeatures" >> WriteToKafka(config.kafka, topic=config.kafka.topics.features)

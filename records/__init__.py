@@ -169,6 +169,11 @@ class AlertRule(enum.StrEnum):
     INVALID_DATA = "invalid_data"  # the tag's readings are being dead-lettered
     TAG_SILENT = "tag_silent"  # no reading of the tag for too long
     DEVICE_SILENT = "device_silent"  # no reading from the device (source) for too long
+    # Raised by the connectors themselves:
+    CONNECTION_LOST = "connection_lost"  # the source's server could not be reached
+    DATA_GAP = "data_gap"  # an interval of a source's data that could not be back-filled
+    NODE_UNAVAILABLE = "node_unavailable"  # a configured node/register the device does not have
+    SOURCE_EVENT = "source_event"  # an event or alarm the source itself reported
 
 
 class Alert(NamedTuple):

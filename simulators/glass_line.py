@@ -1,9 +1,10 @@
-"""A deterministic, seeded model of glass Line C (the container line) and its sensors.
+"""A deterministic, seeded model of glass Line C (the container line), optionally Line F
+(the float line), and their sensors.
 
 `GlassLine` produces the readings of every Line C and plant-wide tag of the tag
-table in `glass-line.md` §2.1 (rows 1-35 and 48-50) at each tag's own sample
-period, with the table's noise and the dynamics of §3 that an anomaly detector
-must not mistake for faults:
+table in `glass-line.md` §2.1 (rows 1-35 and 48-50, `TAGS`) at each tag's own
+sample period, with the table's noise and the dynamics of §3 that an anomaly
+detector must not mistake for faults:
 
 - the regenerative firing reversal every 20-30 min: `furnace.firing_side`
   toggles; gas (and air) drop to ~2 % within 5 s for a 30-60 s dead time; the
@@ -17,8 +18,21 @@ must not mistake for faults:
   of 30-50 degC) and, 40 min later when that ware reaches MIK-1, a short burst of
   rejects; batch changes step the cullet ratio.
 
+Line F (rows 36-47, `FLOAT_TAGS`) is opt-in: `GlassLine(lines=("C", "P", "F"))`.
+It has its own random streams, so turning it on leaves every Line C and plant
+sample unchanged. Its dynamics: a firing reversal of its own every 20 min (the
+crown thermocouple at port 4 makes a sawtooth, up while its side fires, and dips
+in the dead time); canal and tin bath temperatures behind lags of half an hour to
+hours; bath pressure transients; H2 and dew point as slow random walks; ribbon
+width and speed, and a centre thickness that follows from the pull by mass
+balance, seen by the gauge after a transport lag; optional thickness changes
+(`float_thickness_change_interval_seconds`, off by default) ramp the ribbon speed
+over 20-30 min at constant pull. Line F has no firing-side tag in the table:
+`float_reversals()` and `float_thickness_changes()` give those events.
+
 Sensor faults (`Fault`: spike, step, drift, stuck, nan, burnout) are injected on
-top of the clean process and every injected fault is kept as ground truth.
+top of the clean process (on any simulated tag, Line F included) and every
+injected fault is kept as ground truth.
 
 The model is pure: time is passed in, never read from a clock; all randomness
 comes from `seed`. The same seed and calls give the same samples, and the way a
@@ -47,6 +61,9 @@ Example::
     line.ground_truth()
     # [{'kind': 'stuck', 'tag': 'furnace.crown_temp_z2',
     #   'start': 1795803000.0, 'end': 1795803300.0, 'magnitude': 0.0}]
+
+    plant = GlassLine(seed=7, lines=("C", "P", "F"))     # the same Line C, plus Line F
+    plant.inject(Fault("drift", "bath.tin_temp_hot_end", t0 + 600, 1800.0, 20.0))
 """
 
 from __future__ import annotations
@@ -62,9 +79,12 @@ from typing import Literal, TypedDict, get_args
 import numpy as np
 
 __all__ = [
+    "ALL_TAGS",
     "AREAS",
     "DEFAULT_START_TS",
     "FAULT_KINDS",
+    "FLOAT_TAGS",
+    "LINES",
     "TAGS",
     "TAG_BY_NAME",
     "TICK_SECONDS",
@@ -74,6 +94,7 @@ __all__ = [
     "GlassLine",
     "Sample",
     "TagSpec",
+    "ThicknessChange",
     "random_faults",
 ]
 
@@ -101,6 +122,20 @@ _GOBS_PER_CUT = 3  # triple-gob IS machine
 _HOT_END_LOSS = 0.015
 _STOICHIOMETRIC_AIR = 9.52  # Nm3 air per Nm3 natural gas
 _BATCH_PER_GLASS = 1.12  # t charged per t melted: batch gases leave [est.]
+
+# Line F (float): glass-line.md §3 item 1, "20 for float"; a fixed reversal timer [est.].
+_FLOAT_DEFAULT_REVERSAL_INTERVAL_SECONDS = (1200.0, 1200.0)
+_FLOAT_BATH_TRANSIENT_INTERVAL_SECONDS = (600.0, 2400.0)  # [est.]
+_FLOAT_BATH_TRANSIENT_SECONDS = (5.0, 30.0)  # [est.]
+_FLOAT_BATH_TRANSIENT_PA = (4.0, 10.0)  # [est.]; rises at <= ~10 Pa/s (table: 20 Pa/s)
+_FLOAT_BATH_REVERSAL_BLIP_PA = 4.0  # the furnace pressure spike reaching the bath [est.]
+_FLOAT_PRODUCTS_MM = (3.0, 4.0, 5.0, 6.0)  # thickness changes step to a neighbour
+_FLOAT_THICKNESS_MM = 4.0  # the product at start (the table's ranges are for 4 mm)
+_FLOAT_SPEED_M_PER_MIN = 13.0  # at 4 mm, 650 t/d, 3,470 mm net width
+_FLOAT_WIDTH_MM = 3600.0
+_FLOAT_EDGE_TRIM_MM = 65.0  # per side: the net width is the gross less both edges [est.]
+_FLOAT_RAMP_RATE = 0.15  # m/min per min: under the table's 0.2
+_FLOAT_MIN_RAMP_SECONDS = 1200.0
 
 FaultKind = Literal["spike", "step", "drift", "stuck", "nan", "burnout"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
@@ -135,7 +170,7 @@ class TagSpec:
     noise_sigma: float
     max_rate_per_min: float | None
     area: str
-    line: Literal["C", "P"] = "C"
+    line: Literal["C", "P", "F"] = "C"
     protocol: str = "OPC UA"
     reversal_rate_per_min: float | None = None
     discrete: bool = False
@@ -190,7 +225,35 @@ TAGS: tuple[TagSpec, ...] = (
 )
 # fmt: on
 
-TAG_BY_NAME: dict[str, TagSpec] = {spec.tag: spec for spec in TAGS}
+# fmt: off
+# Rows 36-47: Line F, the float line, opt-in (`GlassLine(lines=("C", "P", "F"))`).
+# 20 Pa/s is the bath pressure transient limit; the thickness rate holds except
+# at a changeover.
+FLOAT_TAGS: tuple[TagSpec, ...] = (
+    TagSpec("float.crown_temp_port4", "degC", 1.0, 1560, 1600, 0, 1700, 1.5, 1.0, "furnace", "F", reversal_rate_per_min=10.0),
+    TagSpec("float.canal_temp", "degC", 5.0, 1080, 1120, 0, 1400, 1.0, 0.5, "furnace", "F"),
+    TagSpec("bath.tin_temp_hot_end", "degC", 5.0, 1000, 1080, 0, 1300, 1.0, 1.0, "tin_bath", "F"),
+    TagSpec("bath.ribbon_exit_temp", "degC", 1.0, 590, 630, 300, 900, 1.5, 2.0, "tin_bath", "F", "Modbus RTU"),
+    TagSpec("bath.h2_pct", "%", 60.0, 4, 8, 0, 15, 0.1, 0.5, "tin_bath", "F"),
+    TagSpec("bath.dew_point", "degC", 60.0, -50, -20, -80, 20, 0.5, 2.0, "tin_bath", "F", "Modbus RTU"),
+    TagSpec("bath.pressure", "Pa", 1.0, 10, 30, -50, 100, 1.0, 1200.0, "tin_bath", "F"),
+    TagSpec("ribbon.speed", "m/min", 1.0, 12, 14, 0, 35, 0.01, 0.2, "ribbon", "F"),
+    TagSpec("ribbon.width_gross", "mm", 1.0, 3500, 3700, 2000, 4200, 2.0, 20.0, "ribbon", "F"),
+    TagSpec("ribbon.thickness_centre", "mm", 10.0, 3.85, 4.15, 0.3, 26, 0.01, 0.05, "ribbon", "F", "Modbus TCP"),
+    TagSpec("lehr_f.b_zone_temp", "degC", 5.0, 480, 530, 0, 800, 1.0, 2.0, "lehr", "F"),
+    TagSpec("lehr_f.exit_temp", "degC", 5.0, 40, 80, 0, 300, 1.0, 2.0, "lehr", "F", "Modbus RTU"),
+)
+# fmt: on
+
+# The plant-wide IoT rows (48-50) close the table: in table order they follow Line F.
+_PLANT_TAIL = next(i for i, spec in enumerate(TAGS) if spec.tag.startswith("iot."))
+# Every row of the table (1-50) in table order: TAGS and FLOAT_TAGS.
+ALL_TAGS: tuple[TagSpec, ...] = TAGS[:_PLANT_TAIL] + FLOAT_TAGS + TAGS[_PLANT_TAIL:]
+LINES: tuple[str, ...] = ("C", "P", "F")
+_DEFAULT_LINES = ("C", "P")
+
+# Every tag, Line F included; `AREAS` stays the areas of `TAGS` (Line C and plant).
+TAG_BY_NAME: dict[str, TagSpec] = {spec.tag: spec for spec in ALL_TAGS}
 AREAS: tuple[str, ...] = tuple(dict.fromkeys(spec.area for spec in TAGS))
 
 _TAG_INDEX = {spec.tag: i for i, spec in enumerate(TAGS)}
@@ -254,6 +317,36 @@ _REGEN_SWING_DEGC = 55.0
 _REGEN_TAU = 900.0
 _WASTE_GAS_BASE_DEGC = 560.0
 _WASTE_GAS_SWING_DEGC = 15.0
+
+# Line F's slow states, as `_LATENTS` (sigma, correlation time s, smoothing time s).
+_FLOAT_LATENTS: dict[str, tuple[float, float, float]] = {
+    "crown_base": (3.0, 3600.0, 600.0),
+    "crown_port4": (1.5, 1800.0, 300.0),
+    "canal": (5.0, 7200.0, 1800.0),
+    "tin": (10.0, 14_400.0, 3600.0),
+    "ribbon_exit": (4.0, 1800.0, 300.0),
+    "h2": (0.5, 14_400.0, 1800.0),
+    "dew_point": (4.0, 14_400.0, 1800.0),
+    "bath_pressure": (2.0, 60.0, 5.0),
+    "speed_trim": (0.05, 1800.0, 300.0),
+    "width": (10.0, 1800.0, 120.0),
+    "pull": (0.005, 21_600.0, 3600.0),  # relative
+    "lehr_b": (5.0, 3600.0, 600.0),
+    "lehr_exit": (5.0, 1800.0, 300.0),
+}
+_FL = {name: i for i, name in enumerate(_FLOAT_LATENTS)}
+# Line F's latents and noise are drawn in blocks of ticks (a block boundary falls on
+# fixed ticks, so however calls cut time the draws are the same).
+_FLOAT_BLOCK_TICKS = 40
+_FLOAT_CROWN_DEGC = 1580.0
+_FLOAT_CROWN_SIDE = 0  # the port-4 thermocouple sits on the left: up while the left fires
+_FLOAT_CROWN_SWING_DEGC = 12.0
+_FLOAT_CROWN_DIP_DEGC = 6.0
+_FLOAT_CANAL_DEGC = 1100.0
+_FLOAT_CANAL_TAU = 1800.0
+_FLOAT_TIN_DEGC = 1040.0
+_FLOAT_TIN_TAU = 7200.0  # the tin bath: hours
+_FLOAT_GAUGE_TAU = 300.0  # the thickness gauge sits after the lehr: transport lag [est.]
 
 
 def _decay(tau_seconds: float) -> float:
@@ -327,7 +420,8 @@ def random_faults(
     Kinds are drawn uniformly; sizes scale with the tag's normal span so they are
     visible over the noise; every window holds at least one sample of its tag.
     Burnout goes to temperature tags only; faults on one tag never overlap.
-    `tags` limits the choice (default: every tag).
+    `tags` limits the choice (default: every tag of `TAGS`, Line C and plant; pass
+    `[spec.tag for spec in FLOAT_TAGS]` to fault Line F).
     """
     if rate_per_hour < 0 or not math.isfinite(rate_per_hour):
         raise ValueError(f"rate_per_hour must be >= 0 and finite, got {rate_per_hour!r}")
@@ -498,15 +592,330 @@ class _Schedule:
         return self.cullet[bisect.bisect_right(self.batch, ts) - 1]
 
 
+@dataclass(frozen=True)
+class ThicknessChange:
+    """A Line F product change: the ribbon speed ramps linearly over `[start_ts, end_ts)`.
+
+    The pull stays constant, so the thickness follows the speed by mass balance
+    (and reaches the gauge after its transport lag).
+    """
+
+    start_ts: float
+    end_ts: float
+    from_mm: float
+    to_mm: float
+
+
+def _float_speed(thickness_mm: float) -> float:
+    return _FLOAT_SPEED_M_PER_MIN * _FLOAT_THICKNESS_MM / thickness_mm
+
+
+class _FloatSchedule:
+    """Line F's events. Each kind has its own generator, so drawing ahead is harmless."""
+
+    def __init__(
+        self,
+        seeds: Sequence[np.random.SeedSequence],
+        start_ts: float,
+        reversal: tuple[float, float],
+        thickness_interval: tuple[float, float] | None,
+    ) -> None:
+        reversal_seed, transient_seed, thickness_seed = seeds
+        self._start = start_ts
+        self._reversal = reversal
+        self._reversal_rng = np.random.default_rng(reversal_seed)
+        self._transient_rng = np.random.default_rng(transient_seed)
+        self._thickness_rng = np.random.default_rng(thickness_seed)
+        self._thickness_interval = thickness_interval
+        half_cycle = self._uniform(self._reversal_rng, *reversal)
+        first = self._quantize(start_ts - self._uniform(self._reversal_rng, 120.0, half_cycle))
+        self.side_after_first = int(self._reversal_rng.integers(0, 2))
+        self.toggle: list[float] = []
+        self.gas_cut: list[float] = []
+        self.gas_back: list[float] = []
+        self._add_reversal(first)
+        self._add_reversal(self._quantize(first + half_cycle))
+        self.transient: list[float] = []
+        self.transient_end: list[float] = []
+        self.transient_pa: list[float] = []
+        self._add_transient(start_ts)
+        self.change_start: list[float] = []
+        self.changes: list[ThicknessChange] = []
+        self._product = _FLOAT_PRODUCTS_MM.index(_FLOAT_THICKNESS_MM)
+        if thickness_interval is not None:
+            self._add_change(start_ts)
+        self.extend(start_ts)
+
+    @staticmethod
+    def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+        return float(rng.uniform(low, high))
+
+    def _quantize(self, ts: float) -> float:
+        return self._start + round((ts - self._start) / TICK_SECONDS) * TICK_SECONDS
+
+    def _add_reversal(self, toggle: float) -> None:
+        dead = self._uniform(self._reversal_rng, *_DEAD_TIME_SECONDS)
+        dead = round(dead / TICK_SECONDS) * TICK_SECONDS
+        cut = toggle - round(dead / 2 / TICK_SECONDS) * TICK_SECONDS
+        self.toggle.append(toggle)
+        self.gas_cut.append(cut)
+        self.gas_back.append(cut + dead)
+
+    def _add_transient(self, after: float) -> None:
+        rng = self._transient_rng
+        start = self._quantize(after + self._uniform(rng, *_FLOAT_BATH_TRANSIENT_INTERVAL_SECONDS))
+        length = self._uniform(rng, *_FLOAT_BATH_TRANSIENT_SECONDS)
+        size = self._uniform(rng, *_FLOAT_BATH_TRANSIENT_PA) * (1.0 if rng.random() < 0.5 else -1.0)
+        self.transient.append(start)
+        self.transient_end.append(self._quantize(start + length))
+        self.transient_pa.append(size)
+
+    def _add_change(self, after: float) -> None:
+        assert self._thickness_interval is not None
+        rng = self._thickness_rng
+        start = self._quantize(after + self._uniform(rng, *self._thickness_interval))
+        old = self._product
+        if old == 0:
+            new = 1
+        elif old == len(_FLOAT_PRODUCTS_MM) - 1:
+            new = old - 1
+        else:
+            new = old + (1 if rng.random() < 0.5 else -1)
+        self._product = new
+        old_mm, new_mm = _FLOAT_PRODUCTS_MM[old], _FLOAT_PRODUCTS_MM[new]
+        ramp = abs(_float_speed(new_mm) - _float_speed(old_mm)) / _FLOAT_RAMP_RATE * 60.0
+        end = self._quantize(start + max(ramp, _FLOAT_MIN_RAMP_SECONDS))
+        self.change_start.append(start)
+        self.changes.append(ThicknessChange(start, end, old_mm, new_mm))
+
+    def extend(self, ts: float) -> None:
+        """Draw events until every list reaches past `ts`."""
+        while self.gas_cut[-1] <= ts:
+            rng = self._reversal_rng
+            self._add_reversal(
+                self._quantize(self.toggle[-1] + self._uniform(rng, *self._reversal))
+            )
+        while self.transient[-1] <= ts:
+            self._add_transient(self.transient[-1])
+        while self.changes and self.change_start[-1] <= ts:
+            self._add_change(self.changes[-1].end_ts)
+
+    def side(self, ts: float) -> int:
+        flips = bisect.bisect_right(self.toggle, ts) - 1
+        return self.side_after_first ^ (flips & 1)
+
+    def reversal_phase(self, ts: float) -> tuple[float, float]:
+        """(seconds since the last toggle, length of the current half cycle)."""
+        i = bisect.bisect_right(self.toggle, ts) - 1
+        return ts - self.toggle[i], self.toggle[i + 1] - self.toggle[i]
+
+    def gas_off(self, ts: float) -> bool:
+        i = bisect.bisect_right(self.gas_cut, ts) - 1
+        return i >= 0 and ts < self.gas_back[i]
+
+    def bath_pressure_target(self, ts: float) -> float:
+        i = bisect.bisect_right(self.toggle, ts) - 1
+        target = _FLOAT_BATH_REVERSAL_BLIP_PA if ts < self.toggle[i] + 3.0 else 0.0
+        j = bisect.bisect_right(self.transient, ts) - 1
+        if j >= 0 and ts < self.transient_end[j]:
+            target += self.transient_pa[j]
+        return target
+
+    def speed_setpoint(self, ts: float) -> float:
+        i = bisect.bisect_right(self.change_start, ts) - 1
+        if i < 0:
+            return _FLOAT_SPEED_M_PER_MIN  # the product at start
+        change = self.changes[i]
+        low, high = _float_speed(change.from_mm), _float_speed(change.to_mm)
+        if ts >= change.end_ts:
+            return high
+        return low + (high - low) * (ts - change.start_ts) / (change.end_ts - change.start_ts)
+
+
+class _FloatLine:
+    """Line F's states, models and noise: everything from its own random streams."""
+
+    def __init__(
+        self,
+        seeds: Sequence[np.random.SeedSequence],
+        start_ts: float,
+        reversal: tuple[float, float],
+        thickness_interval: tuple[float, float] | None,
+    ) -> None:
+        latent_seed, noise_seed, *schedule_seeds = seeds
+        self._latent_rng = np.random.default_rng(latent_seed)
+        self._noise_rng = np.random.default_rng(noise_seed)
+        self.schedule = _FloatSchedule(schedule_seeds, start_ts, reversal, thickness_interval)
+        params = np.array(list(_FLOAT_LATENTS.values()))
+        sigma, tau, smooth = params[:, 0], params[:, 1], params[:, 2]
+        ou_decay = np.exp(-TICK_SECONDS / tau)
+        smooth_decay = np.exp(-TICK_SECONDS / smooth)
+        self._ou_kick = sigma * np.sqrt(1.0 - ou_decay**2)
+        self._smooth_gain = 1.0 - smooth_decay
+        # A block of B ticks of x[k] = d * x[k-1] + u[k] in closed form:
+        # x = (d^(k-j), j <= k) @ u + d^(k+1) * x[-1].
+        k = np.arange(_FLOAT_BLOCK_TICKS)
+        age = k[:, None] - k[None, :]
+        causal = age >= 0
+        self._ou_matrix = np.where(causal, ou_decay[:, None, None] ** np.maximum(age, 0), 0.0)
+        self._ou_carry = ou_decay[None, :] ** (k[:, None] + 1)
+        self._smooth_matrix = np.where(
+            causal, smooth_decay[:, None, None] ** np.maximum(age, 0), 0.0
+        )
+        self._smooth_carry = smooth_decay[None, :] ** (k[:, None] + 1)
+        self._ou = sigma * self._latent_rng.standard_normal(len(sigma))
+        self._smooth = self._ou.copy()
+        self.y: list[float] = self._smooth.tolist()
+        self._rows: list[list[float]] = []
+        self._noise_rows: list[list[float]] = []
+        period_ticks = [round(spec.period_seconds / TICK_SECONDS) for spec in FLOAT_TAGS]
+        cycle = math.lcm(*period_ticks)
+        self.due_by_phase = [
+            [i for i, ticks in enumerate(period_ticks) if phase % ticks == 0]
+            for phase in range(cycle)
+        ]
+        self.emit = [(spec.tag, spec.unit, spec.noise_sigma, spec) for spec in FLOAT_TAGS]
+        self.last_value: list[float | None] = [None] * len(FLOAT_TAGS)
+        self._init_lags(start_ts)
+        self.models = self._build_models()
+
+    def _init_lags(self, t: float) -> None:
+        schedule = self.schedule
+        y = self.y
+        since, half = schedule.reversal_phase(t)
+        target = self._crown_target(schedule.side(t))
+        self.crown_saw = _sawtooth_now(target, half, _CROWN_SAW_TAU, since)
+        self.crown_dip = 0.0
+        self.canal = self._canal_target(y)
+        self.tin = self._tin_target(y)
+        self.bath_transient = 0.0
+        self._ribbon(t, y)
+        self.thickness = self.formed_thickness
+
+    @staticmethod
+    def _crown_target(side: int) -> float:
+        half = _FLOAT_CROWN_SWING_DEGC / 2.0
+        return half if side == _FLOAT_CROWN_SIDE else -half
+
+    @staticmethod
+    def _canal_target(y: list[float]) -> float:
+        return _FLOAT_CANAL_DEGC + 0.5 * y[_FL["crown_base"]] + y[_FL["canal"]]
+
+    def _tin_target(self, y: list[float]) -> float:
+        return _FLOAT_TIN_DEGC + 0.5 * (self.canal - _FLOAT_CANAL_DEGC) + y[_FL["tin"]]
+
+    def _ribbon(self, t: float, y: list[float]) -> None:
+        self.speed = self.schedule.speed_setpoint(t) + y[_FL["speed_trim"]]
+        self.width = _FLOAT_WIDTH_MM + y[_FL["width"]]
+        # Constant pull: thickness x speed x net width is the glass volume per minute.
+        net = self.width - 2.0 * _FLOAT_EDGE_TRIM_MM
+        self.formed_thickness = _FLOAT_VOLUME * (1.0 + y[_FL["pull"]]) / (self.speed * net)
+
+    def _next_block(self) -> None:
+        kicks = self._latent_rng.standard_normal((_FLOAT_BLOCK_TICKS, len(self._ou)))
+        kicks *= self._ou_kick
+        ou = (self._ou_matrix @ kicks.T[:, :, None])[:, :, 0].T + self._ou_carry * self._ou
+        smooth = (self._smooth_matrix @ (ou * self._smooth_gain).T[:, :, None])[:, :, 0].T
+        smooth += self._smooth_carry * self._smooth
+        self._ou = ou[-1]
+        self._smooth = smooth[-1]
+        rows = smooth.tolist()
+        rows.reverse()  # popped from the end
+        self._rows = rows
+
+    def noise(self) -> list[float]:
+        """This tick's noise draws, one per tag (due or not)."""
+        if not self._noise_rows:
+            rows = self._noise_rng.standard_normal((_FLOAT_BLOCK_TICKS, len(FLOAT_TAGS))).tolist()
+            rows.reverse()
+            self._noise_rows = rows
+        return self._noise_rows.pop()
+
+    def step(self, t: float) -> None:
+        """Advance every state by one tick to time `t`."""
+        if not self._rows:
+            self._next_block()
+        self.y = y = self._rows.pop()
+        schedule = self.schedule
+        schedule.extend(t)
+        gas_off = schedule.gas_off(t)
+        self.crown_saw = _lag(
+            self.crown_saw, self._crown_target(schedule.side(t)), _DECAY_CROWN_SAW
+        )
+        dip_target = -_FLOAT_CROWN_DIP_DEGC if gas_off else 0.0
+        self.crown_dip = _lag(
+            self.crown_dip, dip_target, _DECAY_DIP_DOWN if gas_off else _DECAY_DIP_UP
+        )
+        self.canal = _lag(self.canal, self._canal_target(y), _DECAY_FLOAT_CANAL)
+        self.tin = _lag(self.tin, self._tin_target(y), _DECAY_FLOAT_TIN)
+        self.bath_transient = _lag(
+            self.bath_transient, schedule.bath_pressure_target(t), _DECAY_FLOAT_BATH
+        )
+        self._ribbon(t, y)
+        self.thickness = _lag(self.thickness, self.formed_thickness, _DECAY_FLOAT_GAUGE)
+
+    def _build_models(self) -> list[Callable[[float], float]]:
+        """The clean (noise-free) value of each tag at time t, in FLOAT_TAGS order."""
+
+        def latent(name: str) -> Callable[[], float]:
+            index = _FL[name]
+            return lambda: self.y[index]
+
+        def offset(base: float, name: str) -> Callable[[float], float]:
+            own = latent(name)
+            return lambda t: base + own()
+
+        crown_base = latent("crown_base")
+        port4 = latent("crown_port4")
+        models: dict[str, Callable[[float], float]] = {
+            "float.crown_temp_port4": lambda t: _FLOAT_CROWN_DEGC
+            + crown_base()
+            + port4()
+            + self.crown_saw
+            + self.crown_dip,
+            "float.canal_temp": lambda t: self.canal,
+            "bath.tin_temp_hot_end": lambda t: self.tin,
+            "bath.ribbon_exit_temp": lambda t: 610.0
+            + 0.3 * (self.tin - _FLOAT_TIN_DEGC)
+            + self.y[_FL["ribbon_exit"]],
+            "bath.h2_pct": offset(6.0, "h2"),
+            "bath.dew_point": offset(-35.0, "dew_point"),
+            "bath.pressure": lambda t: 20.0 + self.y[_FL["bath_pressure"]] + self.bath_transient,
+            "ribbon.speed": lambda t: self.speed,
+            "ribbon.width_gross": lambda t: self.width,
+            "ribbon.thickness_centre": lambda t: self.thickness,
+            "lehr_f.b_zone_temp": offset(505.0, "lehr_b"),
+            # Thicker glass leaves the lehr warmer.
+            "lehr_f.exit_temp": lambda t: 60.0
+            + self.y[_FL["lehr_exit"]]
+            + 8.0 * (self.thickness - _FLOAT_THICKNESS_MM),
+        }
+        missing = {spec.tag for spec in FLOAT_TAGS} ^ set(models)
+        if missing:
+            raise AssertionError(f"tags without a model or models without a tag: {sorted(missing)}")
+        return [models[spec.tag] for spec in FLOAT_TAGS]
+
+
 class GlassLine:
-    """Line C, sampled: `samples_between(t0, t1)` returns what its sensors report.
+    """Line C (and optionally Line F), sampled: `samples_between(t0, t1)` returns what
+    their sensors report.
 
     Args:
         seed: everything random derives from it (default 0).
         start_ts: the first sample time, seconds since the epoch (UTC); default
             2026-11-27T18:00:00Z so that runs are reproducible.
-        reversal_interval_seconds: (min, max) of a firing half cycle, drawn
+        reversal_interval_seconds: (min, max) of a Line C firing half cycle, drawn
             uniformly per reversal (default 20-30 min; at least 15 min).
+        lines: the lines whose tags are sampled, any of "C" (container, `TAGS`
+            rows 3-35), "P" (plant-wide, rows 1-2 and 48-50) and "F" (float,
+            `FLOAT_TAGS`); default ("C", "P"). Each line's samples do not depend
+            on which other lines are on: Line F has random streams of its own,
+            and Line C and the plant share theirs as before.
+        float_reversal_interval_seconds: (min, max) of a Line F firing half
+            cycle (default exactly 20 min; at least 15 min).
+        float_thickness_change_interval_seconds: (min, max) of the time from the
+            end of one Line F thickness change to the start of the next, or None
+            (the default) for none: the line runs 4 mm throughout.
     """
 
     def __init__(
@@ -515,18 +924,36 @@ class GlassLine:
         start_ts: float = DEFAULT_START_TS,
         *,
         reversal_interval_seconds: tuple[float, float] = _DEFAULT_REVERSAL_INTERVAL_SECONDS,
+        lines: Sequence[str] = _DEFAULT_LINES,
+        float_reversal_interval_seconds: tuple[float, float] = (
+            _FLOAT_DEFAULT_REVERSAL_INTERVAL_SECONDS
+        ),
+        float_thickness_change_interval_seconds: tuple[float, float] | None = None,
     ) -> None:
         if not math.isfinite(start_ts):
             raise ValueError(f"start_ts must be finite, got {start_ts!r}")
-        low, high = reversal_interval_seconds
-        if not (_MIN_REVERSAL_INTERVAL_SECONDS <= low <= high):
+        low, high = _check_reversal("reversal_interval_seconds", reversal_interval_seconds)
+        float_reversal = _check_reversal(
+            "float_reversal_interval_seconds", float_reversal_interval_seconds
+        )
+        thickness_interval = float_thickness_change_interval_seconds
+        if thickness_interval is not None:
+            first, last = thickness_interval
+            if not (0.0 < first <= last and math.isfinite(last)):
+                raise ValueError(
+                    "float_thickness_change_interval_seconds"
+                    f" {float_thickness_change_interval_seconds!r} must be None or (min, max)"
+                    " with 0 < min <= max, finite"
+                )
+        if isinstance(lines, str) or not lines or set(lines) - set(LINES):
             raise ValueError(
-                f"reversal_interval_seconds {reversal_interval_seconds!r} must be (min, max) with"
-                f" {_MIN_REVERSAL_INTERVAL_SECONDS:.0f} <= min <= max"
+                f"lines {lines!r} must be a non-empty sequence of {', '.join(map(repr, LINES))}"
             )
         self.seed = seed
         self.start_ts = float(start_ts)
-        latent_seed, noise_seed, schedule_seed = np.random.SeedSequence(seed).spawn(3)
+        self.lines: tuple[str, ...] = tuple(line for line in LINES if line in lines)
+        seeds = np.random.SeedSequence(seed)
+        latent_seed, noise_seed, schedule_seed = seeds.spawn(3)
         self._latent_rng = np.random.default_rng(latent_seed)
         self._noise_rng = np.random.default_rng(noise_seed)
         self._schedule = _Schedule(np.random.default_rng(schedule_seed), self.start_ts, (low, high))
@@ -556,6 +983,17 @@ class GlassLine:
         self._init_latents()
         self._init_lags()
         self._models = self._build_models()
+        # Line C and the plant run whenever either is on (their streams are shared);
+        # `_keep` drops the samples of the one that is off.
+        self._container_or_plant = "C" in self.lines or "P" in self.lines
+        self._keep: list[bool] | None = None
+        if not {"C", "P"} <= set(self.lines):
+            self._keep = [spec.line in self.lines for spec in TAGS]
+        # Line F: streams spawned after Line C's, so Line C's never change.
+        float_seeds = seeds.spawn(5)
+        self._float: _FloatLine | None = None
+        if "F" in self.lines:
+            self._float = _FloatLine(float_seeds, self.start_ts, float_reversal, thickness_interval)
 
     # -- public --------------------------------------------------------------
 
@@ -566,8 +1004,14 @@ class GlassLine:
 
     def inject(self, fault: Fault) -> None:
         """Apply `fault` to the samples of its tag; it becomes part of the ground truth."""
-        if fault.tag not in TAG_BY_NAME:
-            raise ValueError(f"Fault.tag {fault.tag!r} is not a Line C tag (see TAGS)")
+        spec = TAG_BY_NAME.get(fault.tag)
+        if spec is None:
+            raise ValueError(f"Fault.tag {fault.tag!r} is not a tag of the plant (see ALL_TAGS)")
+        if spec.line not in self.lines:
+            raise ValueError(
+                f"Fault.tag {fault.tag!r} is a Line {spec.line} tag but this GlassLine samples"
+                f" lines {self.lines}: add {spec.line!r} to lines"
+            )
         if fault.start_ts < self.clock:
             raise ValueError(
                 f"fault on {fault.tag} starts at {fault.start_ts} but the line has already"
@@ -585,6 +1029,27 @@ class GlassLine:
             )
             for f in ordered
         ]
+
+    def float_reversals(self, t0: float, t1: float) -> list[tuple[float, int]]:
+        """Line F's firing reversals in `[t0, t1)`: (toggle time, side firing after it).
+
+        Sides as `furnace.firing_side`: 0 = left, 1 = right. The table has no Line
+        F firing-side tag; this is the model's own record (context for detectors,
+        truth for tests). Raises ValueError unless Line F is on.
+        """
+        schedule = self._float_model("float_reversals").schedule
+        schedule.extend(t1)
+        return [(t, schedule.side(t)) for t in schedule.toggle if t0 <= t < t1]
+
+    def float_thickness_changes(self, t0: float, t1: float) -> list[ThicknessChange]:
+        """Line F's thickness changes whose ramp overlaps `[t0, t1)`, by start.
+
+        Empty unless `float_thickness_change_interval_seconds` is set. Raises
+        ValueError unless Line F is on.
+        """
+        schedule = self._float_model("float_thickness_changes").schedule
+        schedule.extend(t1)
+        return [c for c in schedule.changes if c.start_ts < t1 and c.end_ts > t0]
 
     def samples_between(self, t0: float, t1: float) -> list[Sample]:
         """Every sample due in `[t0, t1)`, in time order (table order within an instant).
@@ -609,6 +1074,11 @@ class GlassLine:
         return samples
 
     # -- state ---------------------------------------------------------------
+
+    def _float_model(self, caller: str) -> _FloatLine:
+        if self._float is None:
+            raise ValueError(f"{caller}: Line F is off (make the GlassLine with 'F' in lines)")
+        return self._float
 
     def _init_latents(self) -> None:
         params = np.array(list(_LATENTS.values()))
@@ -707,6 +1177,9 @@ class GlassLine:
 
     def _tick(self, tick: int) -> list[Sample]:
         t = self.start_ts + tick * TICK_SECONDS
+        float_samples = self._tick_float(tick, t) if self._float is not None else None
+        if not self._container_or_plant:
+            return float_samples or []
         if tick > 0:
             self._step(t)
         # One draw per tag per tick, due or not: the stream never depends on
@@ -716,22 +1189,56 @@ class GlassLine:
         if _FIRING_SIDE not in due and self._schedule.is_toggle(t):
             due = sorted((*due, _FIRING_SIDE))
         samples: list[Sample] = []
+        if float_samples is None:
+            self._emit_samples(due, t, noise, samples)
+        else:
+            # Table order: Line F's rows come before the plant-wide IoT rows.
+            split = bisect.bisect_left(due, _PLANT_TAIL)
+            self._emit_samples(due[:split], t, noise, samples)
+            samples += float_samples
+            self._emit_samples(due[split:], t, noise, samples)
+        return samples
+
+    def _emit_samples(
+        self, due: list[int], t: float, noise: list[float], samples: list[Sample]
+    ) -> None:
+        keep = self._keep
         for i in due:
             tag, unit, sigma, nominal, integer = self._emit[i]
+            # Evaluated even when not kept: the reject rate draws from the noise stream.
             value = self._models[i](t)
             if sigma:
                 value += sigma * noise[i] * (value / nominal if nominal else 1.0)
             value = float(round(value)) if integer else round(value, _DECIMALS)
             faults = self._faults_by_tag.get(tag)
             if faults:
-                value = self._apply_faults(i, TAGS[i], faults, t, value)
+                value = self._apply_faults(TAGS[i], faults, t, value, self._last_value[i])
             self._last_value[i] = value
+            if keep is None or keep[i]:
+                samples.append((tag, t, value, unit))
+
+    def _tick_float(self, tick: int, t: float) -> list[Sample]:
+        line = self._float
+        assert line is not None
+        if tick > 0:
+            line.step(t)
+        noise = line.noise()
+        samples: list[Sample] = []
+        last = line.last_value
+        for i in line.due_by_phase[tick % len(line.due_by_phase)]:
+            tag, unit, sigma, spec = line.emit[i]
+            value = round(line.models[i](t) + sigma * noise[i], _DECIMALS)
+            faults = self._faults_by_tag.get(tag)
+            if faults:
+                value = self._apply_faults(spec, faults, t, value, last[i])
+            last[i] = value
             samples.append((tag, t, value, unit))
         return samples
 
     def _apply_faults(
-        self, i: int, spec: TagSpec, faults: list[Fault], t: float, value: float
+        self, spec: TagSpec, faults: list[Fault], t: float, value: float, previous: float | None
     ) -> float:
+        """`value` with the active faults applied; `previous` is the tag's last sample."""
         for fault in faults:
             if not fault.active(t):
                 continue
@@ -743,7 +1250,6 @@ class GlassLine:
                 # The DCS holds the last value it had before the fault.
                 held = self._held.get(id(fault))
                 if held is None:
-                    previous = self._last_value[i]
                     held = self._held[id(fault)] = value if previous is None else previous
                 value = held
             elif fault.kind == "nan":
@@ -834,10 +1340,20 @@ class GlassLine:
             "iot.ambient_temp_cold_end": ambient,
             "iot.cooling_water_return_temp": offset(32.0, "cooling"),
         }
-        missing = set(TAG_BY_NAME) ^ set(models)
+        missing = {spec.tag for spec in TAGS} ^ set(models)
         if missing:
             raise AssertionError(f"tags without a model or models without a tag: {sorted(missing)}")
         return [models[spec.tag] for spec in TAGS]
+
+
+def _check_reversal(name: str, interval: tuple[float, float]) -> tuple[float, float]:
+    low, high = interval
+    if not (_MIN_REVERSAL_INTERVAL_SECONDS <= low <= high and math.isfinite(high)):
+        raise ValueError(
+            f"{name} {interval!r} must be (min, max) with"
+            f" {_MIN_REVERSAL_INTERVAL_SECONDS:.0f} <= min <= max"
+        )
+    return low, high
 
 
 def _lag(value: float, target: float, decay: float) -> float:
@@ -859,3 +1375,11 @@ _DECAY_SPIKE = _decay(1.0)
 _DECAY_PRESSURE_DIP = _decay(5.0)
 _DECAY_SWAB_DOWN = _decay(25.0)
 _DECAY_SWAB_UP = _decay(240.0)
+_DECAY_FLOAT_CANAL = _decay(_FLOAT_CANAL_TAU)
+_DECAY_FLOAT_TIN = _decay(_FLOAT_TIN_TAU)
+_DECAY_FLOAT_BATH = _decay(1.0)
+_DECAY_FLOAT_GAUGE = _decay(_FLOAT_GAUGE_TAU)
+# Glass volume per minute (m/min x mm x mm) at the nominal speed, thickness and width.
+_FLOAT_VOLUME = (
+    _FLOAT_SPEED_M_PER_MIN * _FLOAT_THICKNESS_MM * (_FLOAT_WIDTH_MM - 2.0 * _FLOAT_EDGE_TRIM_MM)
+)

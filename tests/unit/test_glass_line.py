@@ -1,4 +1,5 @@
-"""The simulated Line C: determinism, limits, reversal dynamics, faults, bad payloads.
+"""The simulated Line C (and opt-in Line F): determinism, limits, reversal dynamics,
+faults, bad payloads.
 
 Pure and socket-free: the model is sampled directly. Faults are checked against
 a clean twin (same seed, no fault), which the model's determinism makes exact.
@@ -20,8 +21,10 @@ import pytest
 
 from simulators import BrokerPlan, brokers_from_config
 from simulators.glass_line import (
+    ALL_TAGS,
     DEFAULT_START_TS,
     FAULT_KINDS,
+    FLOAT_TAGS,
     TAG_BY_NAME,
     TAGS,
     TICK_SECONDS,
@@ -279,7 +282,8 @@ def test_downscale_burnout_reads_the_instrument_minimum() -> None:
 @pytest.mark.parametrize(
     ("fault", "message"),
     [
-        (Fault("spike", "furnace.crown_temp_z9", T0 + 10, 1.0, 1.0), "not a Line C tag"),
+        (Fault("spike", "furnace.crown_temp_z9", T0 + 10, 1.0, 1.0), "not a tag of the plant"),
+        (Fault("spike", "bath.pressure", T0 + 10, 1.0, 1.0), "is a Line F tag but"),
         (Fault("spike", "furnace.crown_temp_z2", T0, 1.0, 1.0), "already been sampled"),
     ],
 )
@@ -343,6 +347,265 @@ def test_random_faults_are_reproducible_visible_and_labelled() -> None:
 
 def test_random_faults_with_zero_rate_is_empty() -> None:
     assert random_faults(random.Random(0), T0, T0 + HOUR, 0.0) == []
+
+
+# -- Line F (float), opt-in ---------------------------------------------------------
+
+ALL_LINES = ("C", "P", "F")
+FLOAT_NAMES = {spec.tag for spec in FLOAT_TAGS}
+
+
+def without_line_f(samples: list[Sample]) -> list[Sample]:
+    return [s for s in samples if s[0] not in FLOAT_NAMES]
+
+
+@pytest.fixture(scope="module")
+def float_four_hours() -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[tuple[float, int]]]:
+    """Four clean hours of Line F alone, seed 3: twelve reversals."""
+    line = GlassLine(seed=3, lines=("F",))
+    series = by_tag(line.samples_between(T0, T0 + 4 * HOUR))
+    return series, line.float_reversals(T0, T0 + 4 * HOUR)
+
+
+def test_float_tags_are_rows_36_to_47_and_tags_keeps_line_c_and_plant() -> None:
+    assert len(FLOAT_TAGS) == 12 and {spec.line for spec in FLOAT_TAGS} == {"F"}
+    assert {spec.line for spec in TAGS} == {"C", "P"} and len(TAGS) == 38
+    assert len(ALL_TAGS) == len(TAG_BY_NAME) == 50
+    assert set(TAG_BY_NAME) == {spec.tag for spec in TAGS} | FLOAT_NAMES
+    # Table order: rows 1-35, then Line F, then the plant-wide IoT rows 48-50.
+    assert ALL_TAGS[34].tag == "mik1.cabinet_temp"
+    assert [spec.tag for spec in ALL_TAGS[35:47]] == [spec.tag for spec in FLOAT_TAGS]
+    assert ALL_TAGS[47].tag == "iot.fan_vibration_combustion_air"
+    for spec in FLOAT_TAGS:
+        assert spec.hard_min <= spec.normal_min < spec.normal_max <= spec.hard_max, spec.tag
+        ticks = spec.period_seconds / TICK_SECONDS
+        assert ticks == round(ticks) and ticks >= 1, spec.tag
+        assert spec.noise_sigma > 0 and spec.area and spec.unit, spec.tag
+    assert TAG_BY_NAME["ribbon.thickness_centre"].protocol == "Modbus TCP"
+    assert TAG_BY_NAME["bath.ribbon_exit_temp"].protocol == "Modbus RTU"
+
+
+def test_line_f_is_sampled_on_its_period_grid_only_when_enabled() -> None:
+    assert not {s[0] for s in GlassLine(seed=2).samples_between(T0, T0 + 600)} & FLOAT_NAMES
+    samples = GlassLine(seed=2, lines=ALL_LINES).samples_between(T0, T0 + 600)
+    order = {spec.tag: i for i, spec in enumerate(ALL_TAGS)}
+    # Time order, and table order within an instant.
+    assert [(s[1], order[s[0]]) for s in samples] == sorted((s[1], order[s[0]]) for s in samples)
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    for tag, ts, _, unit in samples:
+        assert unit == TAG_BY_NAME[tag].unit
+        times[tag].append(ts)
+    assert set(times) == set(TAG_BY_NAME)
+    for spec in FLOAT_TAGS:
+        grid = [T0 + k * spec.period_seconds for k in range(round(600 / spec.period_seconds))]
+        assert times[spec.tag] == grid, spec.tag
+
+
+def test_line_c_and_the_plant_are_unchanged_with_line_f_on() -> None:
+    faults = [*FAULTS, Fault("step", "iot.ambient_temp_cold_end", T0 + 120, 600.0, 5.0)]
+    plain = GlassLine(seed=7)
+    both = GlassLine(seed=7, lines=ALL_LINES)
+    for fault in faults:
+        plain.inject(fault)
+        both.inject(fault)
+    expected = plain.samples_between(T0, T0 + 1800)
+    assert without_line_f(both.samples_between(T0, T0 + 1800)) == expected
+    # Either line alone gives its own samples of the full plant, Line F included.
+    full = GlassLine(seed=7, lines=ALL_LINES).samples_between(T0, T0 + 1800)
+    for lines in [("C",), ("P",), ("F",), ("C", "F")]:
+        alone = GlassLine(seed=7, lines=lines).samples_between(T0, T0 + 1800)
+        assert alone == [s for s in full if TAG_BY_NAME[s[0]].line in lines], lines
+
+
+def test_cutting_a_range_into_calls_changes_nothing_with_line_f() -> None:
+    kwargs = {"lines": ALL_LINES, "float_thickness_change_interval_seconds": (600.0, 900.0)}
+    whole = GlassLine(seed=5, **kwargs).samples_between(T0, T0 + 2000)  # type: ignore[arg-type]
+    line = GlassLine(seed=5, **kwargs)  # type: ignore[arg-type]
+    line.float_reversals(T0, T0 + 5 * HOUR)  # looking ahead draws nothing the samples use
+    pieces: list[Sample] = []
+    for start in range(0, 2000, 53):
+        pieces += line.samples_between(T0 + start, T0 + min(start + 53, 2000))
+    assert pieces == whole
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_line_f_stays_within_hard_limits(seed: int) -> None:
+    for tag, ts, value, _ in GlassLine(seed=seed, lines=("F",)).samples_between(T0, T0 + 3 * HOUR):
+        spec = TAG_BY_NAME[tag]
+        assert math.isfinite(value) and spec.hard_min < value < spec.hard_max, (tag, ts, value)
+
+
+def test_line_f_is_mostly_within_the_normal_range(float_four_hours) -> None:
+    series, _ = float_four_hours
+    for spec in FLOAT_TAGS:
+        _, values = series[spec.tag]
+        inside = np.mean((values >= spec.normal_min) & (values <= spec.normal_max))
+        assert inside >= 0.95, (spec.tag, inside)
+
+
+def test_float_reversal_toggles_every_20_minutes_and_moves_the_port_4_crown(
+    float_four_hours,
+) -> None:
+    series, reversals = float_four_hours
+    toggles = [t for t, _ in reversals]
+    assert len(toggles) >= 11
+    assert all(b - a == 1200.0 for a, b in itertools.pairwise(toggles))
+    assert [side for _, side in reversals[1:]] == [1 - side for _, side in reversals[:-1]]
+    ts, crown = series["float.crown_temp_port4"]
+    for a, c in zip(toggles[:-2], toggles[2:], strict=True):  # one full left+right cycle
+        means = minute_means(ts, crown, a, c)
+        assert 5.0 <= means.max() - means.min() <= 25.0
+    # Port 4's thermocouple sits on the left: it warms while the left (0) fires.
+    agree = 0
+    for (a, side), (b, _) in itertools.pairwise(reversals):
+        means = minute_means(ts, crown, a + 180.0, b)
+        agree += (means[-1] > means[0]) == (side == 0)
+    assert agree >= 0.8 * (len(reversals) - 1)
+
+
+def test_float_reversal_interval_is_configurable() -> None:
+    line = GlassLine(seed=1, lines=("F",), float_reversal_interval_seconds=(900.0, 1000.0))
+    toggles = [t for t, _ in line.float_reversals(T0, T0 + 3 * HOUR)]
+    assert len(toggles) >= 10
+    assert all(900.0 <= b - a <= 1000.0 for a, b in itertools.pairwise(toggles))
+
+
+def test_tin_bath_and_canal_are_slow_and_bath_pressure_has_transients(float_four_hours) -> None:
+    series, _ = float_four_hours
+
+    def largest_ten_minute_change(tag: str) -> float:
+        ts, values = series[tag]
+        ten_minutes = minute_means(ts, values, T0, T0 + 4 * HOUR)[:240].reshape(-1, 10).mean(1)
+        return float(np.abs(np.diff(ten_minutes)).max())
+
+    # Lags of half an hour to hours: far steadier than the crown's reversal sawtooth.
+    assert largest_ten_minute_change("float.crown_temp_port4") > 5.0
+    assert largest_ten_minute_change("float.canal_temp") < 2.5
+    assert largest_ten_minute_change("bath.tin_temp_hot_end") < 2.0
+    _, pressure = series["bath.pressure"]
+    excursions = np.mean(np.abs(pressure - np.median(pressure)) > 8.0)
+    assert 0.0 < excursions < 0.01
+
+
+def test_thickness_change_ramps_ribbon_speed_at_constant_pull() -> None:
+    assert GlassLine(seed=4, lines=("F",)).float_thickness_changes(T0, T0 + 24 * HOUR) == []
+    line = GlassLine(seed=4, lines=("F",), float_thickness_change_interval_seconds=(1800.0, 3600.0))
+    series = by_tag(line.samples_between(T0, T0 + 4 * HOUR))
+    changes = line.float_thickness_changes(T0, T0 + 4 * HOUR)
+    assert len(changes) >= 2
+    speed_ts, speed = series["ribbon.speed"]
+    thick_ts, thickness = series["ribbon.thickness_centre"]
+    _, width = series["ribbon.width_gross"]
+    for change in changes[:2]:
+        assert 1200.0 <= change.end_ts - change.start_ts <= 1800.0  # tens of minutes
+        assert abs(change.to_mm - change.from_mm) == 1.0
+        ramp = minute_means(speed_ts, speed, change.start_ts, change.end_ts)
+        assert np.all(np.abs(np.diff(ramp)) <= 0.2)  # the table's speed rate
+        before = speed[(speed_ts >= change.start_ts - 300) & (speed_ts < change.start_ts)].mean()
+        after = speed[(speed_ts >= change.end_ts) & (speed_ts < change.end_ts + 300)].mean()
+        assert after / before == pytest.approx(change.from_mm / change.to_mm, rel=0.02)
+        # The gauge shows the new product once the glass has reached it.
+        settled = (thick_ts >= change.end_ts + 1500) & (thick_ts < change.end_ts + 1800)
+        assert thickness[settled].mean() == pytest.approx(change.to_mm, rel=0.04)
+    # Mass balance: speed x net width x thickness (the pull) holds away from the ramps.
+    steady = np.ones(len(thick_ts), dtype=bool)
+    for change in changes:
+        steady &= (thick_ts < change.start_ts) | (thick_ts >= change.end_ts + 1800)
+    every_tenth = speed_ts % 10.0 == T0 % 10.0
+    pull = speed[every_tenth] * (width[every_tenth] - 130.0) * thickness
+    assert np.std(pull[steady]) / np.mean(pull[steady]) < 0.02
+
+
+FLOAT_FAULTS = [
+    Fault("spike", "bath.pressure", T0 + 100, 3.0, 40.0),
+    Fault("step", "ribbon.width_gross", T0 + 200, 600.0, -80.0),
+    Fault("drift", "bath.tin_temp_hot_end", T0 + 300, 1200.0, 25.0),
+    Fault("stuck", "ribbon.thickness_centre", T0 + 400, 900.0),
+    Fault("nan", "bath.h2_pct", T0 + 480, 120.0),
+    Fault("burnout", "float.crown_temp_port4", T0 + 600, 120.0, 1.0),
+]
+
+
+def test_faults_on_line_f_show_in_their_samples_and_the_ground_truth() -> None:
+    assert {fault.kind for fault in FLOAT_FAULTS} == set(FAULT_KINDS)
+    clean = GlassLine(seed=9, lines=ALL_LINES).samples_between(T0, T0 + 1800)
+    line = GlassLine(seed=9, lines=ALL_LINES)
+    for injected in reversed(FLOAT_FAULTS):
+        line.inject(injected)
+    faulty = line.samples_between(T0, T0 + 1800)
+    assert [s[:2] for s in faulty] == [s[:2] for s in clean]
+    faults = {f.tag: f for f in FLOAT_FAULTS}
+    seen: collections.Counter[str] = collections.Counter()
+    before_fault: dict[str, float] = {}
+    for (tag, ts, value, _), (_, _, expected, _) in zip(faulty, clean, strict=True):
+        fault = faults.get(tag)
+        if fault is None or not fault.active(ts):
+            assert value == expected, (tag, ts)
+            if fault is not None and ts < fault.start_ts:
+                before_fault[tag] = expected
+            continue
+        seen[fault.kind] += 1
+        if fault.kind in ("spike", "step"):
+            assert value == pytest.approx(expected + fault.magnitude, abs=1e-9)
+        elif fault.kind == "drift":
+            elapsed = (ts - fault.start_ts) / fault.duration_seconds
+            assert value == pytest.approx(
+                expected + fault.magnitude * elapsed, abs=6e-4
+            )  # both rounded to 3 decimals
+        elif fault.kind == "stuck":
+            assert value == before_fault[tag]
+        elif fault.kind == "nan":
+            assert math.isnan(value)
+        else:
+            assert value == TAG_BY_NAME[tag].hard_max
+    assert seen == {"spike": 3, "step": 600, "drift": 240, "stuck": 90, "nan": 2, "burnout": 120}
+    assert line.ground_truth() == [
+        {
+            "kind": f.kind,
+            "tag": f.tag,
+            "start": f.start_ts,
+            "end": f.end_ts,
+            "magnitude": f.magnitude,
+        }
+        for f in FLOAT_FAULTS
+    ]
+
+
+def test_random_faults_on_line_f_tags_are_visible() -> None:
+    tags = [spec.tag for spec in FLOAT_TAGS]
+    faults = [f for f in random_faults(random.Random(2), T0, T0 + HOUR, 20.0, tags=tags)]
+    assert faults and {f.tag for f in faults} <= FLOAT_NAMES
+    clean = GlassLine(seed=1, lines=("F",)).samples_between(T0, T0 + 2 * HOUR)
+    line = GlassLine(seed=1, lines=("F",))
+    for f in faults:
+        line.inject(f)
+    faulty = line.samples_between(T0, T0 + 2 * HOUR)
+    assert len(line.ground_truth()) == len(faults)
+    changed = {
+        (tag, ts) for (tag, ts, v, _), (_, _, c, _) in zip(faulty, clean, strict=True) if v != c
+    }
+    for f in faults:
+        assert any(tag == f.tag and f.active(ts) for tag, ts in changed), f
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lines": ()}, "must be a non-empty sequence"),
+        ({"lines": "CPF"}, "must be a non-empty sequence"),
+        ({"lines": ("C", "X")}, "must be a non-empty sequence"),
+        ({"float_reversal_interval_seconds": (600.0, 1200.0)}, "900 <= min <= max"),
+        ({"float_thickness_change_interval_seconds": (0.0, 60.0)}, "0 < min <= max"),
+    ],
+)
+def test_glass_line_checks_its_line_f_arguments(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GlassLine(**kwargs)  # type: ignore[arg-type]
+
+
+def test_line_f_events_need_line_f() -> None:
+    with pytest.raises(ValueError, match="Line F is off"):
+        GlassLine().float_reversals(T0, T0 + HOUR)
 
 
 # -- MQTT payload helpers ----------------------------------------------------------

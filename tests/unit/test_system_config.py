@@ -34,11 +34,10 @@ def test_declared_sources_without_a_connector_are_refused() -> None:
     config = parse_config(
         {
             "sources": {
-                "opcua": [
+                "modbus": [
                     {
-                        "name": "furnace",
-                        "endpoint": "opc.tcp://127.0.0.1:4840",
-                        "nodes": [{"node_id": "ns=2;s=LineC.Furnace.CrownTemp.Z2", "tag": "t"}],
+                        "name": "forehearth",
+                        "registers": [{"tag": "forehearth.zone1_temp", "address": 1}],
                     }
                 ]
             }
@@ -47,5 +46,5 @@ def test_declared_sources_without_a_connector_are_refused() -> None:
     with pytest.raises(ConfigError) as raised:
         DataIngestionSystem(config, beam_args=["--prism_location=/unused"]).initialize()
     assert raised.value.errors == [
-        "sources.opcua[0] (furnace): the opcua connector is not available yet"
+        "sources.modbus[0] (forehearth): the modbus connector is not available yet"
     ]
