@@ -167,8 +167,10 @@ def run_connection_loop(
     """
     failing = False
     while not stop.is_set():
+        connected = False
         try:
             connect()
+            connected = True
             if failing:
                 _LOGGER.info("%s: reconnected", label)
             failing = False
@@ -177,7 +179,9 @@ def run_connection_loop(
         except Exception as err:  # noqa: BLE001 - any failure means reconnect
             delay = backoff.next_delay()
             if not failing:
-                _LOGGER.warning("%s: connection lost (%s); reconnecting with backoff", label, err)
+                # A refused login or certificate is not a lost link: say which it was.
+                what = "connection lost" if connected else "cannot connect"
+                _LOGGER.warning("%s: %s (%s); retrying with backoff", label, what, _describe(err))
             _LOGGER.debug("%s: retry in %.2f s after %r", label, delay, err)
             failing = True
             stop.wait(delay)
@@ -186,6 +190,11 @@ def run_connection_loop(
                 disconnect()
             except Exception:  # noqa: BLE001 - best effort on a dead connection
                 _LOGGER.debug("%s: error while disconnecting", label, exc_info=True)
+
+
+def _describe(err: BaseException) -> str:
+    """The error's text, or its type when it has none (asyncio's TimeoutError)."""
+    return str(err) or type(err).__name__
 
 
 _GENERATIONS = itertools.count(1)

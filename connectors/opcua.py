@@ -569,14 +569,11 @@ class _OpcUaReceiver(Receiver[Item]):
         return children
 
     async def _describe(self, client: Client, nodes: list[_Node]) -> None:
-        """Units from EngineeringUnits, and which nodes keep history."""
+        """Drops the nodes the server lacks; notes which keep history and their units."""
         self._limits = await self._read_limits(client)
-        read_limit = self._operation_limit("MaxNodesPerRead")
-        access: list[ua.DataValue] = []
-        for batch in _chunks(nodes, read_limit):
-            access += await client.uaclient.read_attributes(
-                [node.node_id for node in batch], ua.AttributeIds.AccessLevel
-            )
+        access = await self._read(
+            client, [node.node_id for node in nodes], ua.AttributeIds.AccessLevel
+        )
         present = []
         for node, value in zip(nodes, access, strict=True):
             code = _code(value)
@@ -587,42 +584,55 @@ class _OpcUaReceiver(Receiver[Item]):
             node.history = bool((access_level or 0) & _HISTORY_READ_BIT)
             present.append(node)
         nodes[:] = present
-        needing_units = [node for node in nodes if not node.unit]
-        if not needing_units:
-            return
+        try:
+            await self._read_units(client, [node for node in nodes if not node.unit])
+        except (ua.UaError, AttributeError, TypeError) as err:
+            # Units are a courtesy: a server that answers oddly still gets read.
+            _LOGGER.warning(
+                "%s: EngineeringUnits not readable (%s); units left empty", self.label, err
+            )
+
+    async def _read(
+        self, client: Client, node_ids: list[ua.NodeId], attribute: ua.AttributeIds
+    ) -> list[ua.DataValue]:
+        values: list[ua.DataValue] = []
+        for batch in _chunks(node_ids, self._operation_limit("MaxNodesPerRead")):
+            values += await client.uaclient.read_attributes(list(batch), attribute)
+        return values
+
+    async def _read_units(self, client: Client, nodes: list[_Node]) -> None:
+        """Each node's EngineeringUnits property: its DisplayName becomes the unit."""
+        # HasProperty, forward (asyncua's default IsInverse=True would lead upwards).
+        element = ua.RelativePathElement(
+            ReferenceTypeId=ua.NodeId(ua.Int32(ua.ObjectIds.HasProperty)),
+            IsInverse=False,  # type: ignore[arg-type]  # asyncua types it ua.Boolean
+            IncludeSubtypes=True,  # type: ignore[arg-type]
+            TargetName=ua.QualifiedName("EngineeringUnits", 0),
+        )
         paths = [
-            ua.BrowsePath(
-                StartingNode=node.node_id,
-                RelativePath=ua.RelativePath(
-                    Elements=[
-                        ua.RelativePathElement(
-                            ReferenceTypeId=ua.NodeId(ua.Int32(ua.ObjectIds.HasProperty)),
-                            TargetName=ua.QualifiedName("EngineeringUnits", 0),
-                        )
-                    ]
-                ),
-            )
-            for node in needing_units
+            ua.BrowsePath(StartingNode=node.node_id, RelativePath=ua.RelativePath([element]))
+            for node in nodes
         ]
-        targets: list[tuple[_Node, ua.NodeId]] = []
+        with_units: list[_Node] = []
+        property_ids: list[ua.NodeId] = []
         for batch_nodes, batch_paths in zip(
-            _chunks(needing_units, read_limit), _chunks(paths, read_limit), strict=True
+            _chunks(nodes, self._operation_limit("MaxNodesPerRead")),
+            _chunks(paths, self._operation_limit("MaxNodesPerRead")),
+            strict=True,
         ):
-            for node, result in zip(
-                batch_nodes,
-                await client.uaclient.translate_browsepaths_to_nodeids(list(batch_paths)),
-                strict=True,
-            ):
+            results = await client.uaclient.translate_browsepaths_to_nodeids(list(batch_paths))
+            for node, result in zip(batch_nodes, results, strict=True):
                 if result.StatusCode.is_good() and result.Targets:
-                    targets.append((node, result.Targets[0].TargetId.nodeid))
-        for batch in _chunks(targets, read_limit):
-            values = await client.uaclient.read_attributes(
-                [target for _, target in batch], ua.AttributeIds.Value
-            )
-            for (node, _), value in zip(batch, values, strict=True):
-                units = value.Value.Value if value.Value is not None else None
-                if isinstance(units, ua.EUInformation) and units.DisplayName.Text:
-                    node.unit = units.DisplayName.Text
+                    target = result.Targets[0].TargetId
+                    with_units.append(node)
+                    property_ids.append(
+                        ua.NodeId(target.Identifier, target.NamespaceIndex, target.NodeIdType)
+                    )
+        values = await self._read(client, property_ids, ua.AttributeIds.Value)
+        for node, value in zip(with_units, values, strict=True):
+            units = value.Value.Value if value.Value is not None else None
+            if isinstance(units, ua.EUInformation) and units.DisplayName.Text:
+                node.unit = units.DisplayName.Text
 
     async def _read_limits(self, client: Client) -> dict[str, int]:
         names = ("MaxNodesPerRead", "MaxNodesPerBrowse", "MaxMonitoredItemsPerCall",
