@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,7 +36,7 @@ from connectors.mqtt import ReadFromMqtt
 from connectors.opcua import ReadFromOpcUa
 from pipelines.config import DataIngestionConfig
 from transforms.anomaly import DetectAnomalies
-from transforms.features import ComputeFeatures
+from transforms.features import ComputeFeatures, WindowFeatures
 from transforms.glass_features import CrownStability, DeriveLineFeatures
 from transforms.validation import DEAD_LETTER as INVALID
 from transforms.validation import VALID, ValidateReadings, ValidationState
@@ -144,13 +145,26 @@ def _merge(collections: list[beam.PCollection], label: str) -> beam.PCollection:
 def _add_features(valid: beam.PCollection, config: DataIngestionConfig) -> None:
     settings = config.features
     features = valid | "Features" >> ComputeFeatures(settings)
-    derived = features | "LineFeatures" >> DeriveLineFeatures(settings.line)
     crown = valid | "CrownStability" >> CrownStability(settings.crown_stability)
-    # One sink (one producer, one flush per bundle) for the three streams;
-    # their windows mean nothing to it.
+    streams = [("Features", features), ("Crown", crown)]
+    # The derived features group their inputs per window, from a stateless
+    # copy of just those tags' statistics (see WindowFeatures), one branch per
+    # window: a group waits for the slowest window it is fed from.
+    for spec in settings.windows:
+        if settings.line.windows and spec.name not in settings.line.windows:
+            continue
+        inputs = dataclasses.replace(settings, windows=(spec,), tags=settings.line.input_patterns())
+        derived = (
+            valid
+            | f"LineInputs[{spec.name}]" >> WindowFeatures(inputs)
+            | f"LineFeatures[{spec.name}]" >> DeriveLineFeatures(settings.line)
+        )
+        streams.append((f"Line[{spec.name}]", derived))
+    # One sink (one producer, one flush per bundle) for every stream; their
+    # windows mean nothing to it.
     unwindowed = [
         records | f"Unwindow{label}" >> beam.WindowInto(window.GlobalWindows())
-        for label, records in (("Features", features), ("Line", derived), ("Crown", crown))
+        for label, records in streams
     ]
     all_features = unwindowed | "AllFeatures" >> beam.Flatten()
     all_features | "WriteFeatures" >> WriteToKafka(config.kafka, topic=config.kafka.topics.features)

@@ -3,18 +3,39 @@
 `glass_line.GlassLine` is the pure, seeded model of Line C (glass-line.md §2.1
 and §3) with injectable sensor faults and their ground truth;
 `mqtt_line.MqttLinePublisher` publishes it to an MQTT broker, live or as a
-counted burst with malformed messages mixed in.
+counted burst with malformed messages mixed in; `opcua_line.OpcUaLineServer`
+serves it as an asyncua OPC UA server (ISA-95 address space, history, faults,
+events, security).
 
 `run_simulation(config_path)` reads the pipeline's own config file
-(`data_ingestion_config.json`) and publishes the line to every configured MQTT
-broker, on the topics its `sources.mqtt[i].topics` filters subscribe to. Two
-sources on one broker get one publisher between them, so that nothing arrives
-twice. OPC UA, Modbus and camera sources are not simulated yet (logged).
+(`data_ingestion_config.json`) and simulates what it reads:
+
+- every configured MQTT broker gets the line published on the topics its
+  `sources.mqtt[i].topics` filters subscribe to; two sources on one broker get
+  one publisher between them, so that nothing arrives twice;
+- every OPC UA source whose endpoint is on this machine (`localhost`,
+  `127.0.0.1`, `::1`) gets an `OpcUaLineServer` on the endpoint's port, one per
+  distinct port, serving the OPC UA tags of the model plus every tag its
+  `nodes[].tag` name, with the users of its `username`/`password` and the
+  secured endpoints when it asks for a `security_policy`. A port that already
+  answers is left alone (a simulator started by hand, say). A configured node
+  id the server does not have is logged with the one it has for that tag;
+- a tag that an OPC UA source reads (`sources.opcua[i].nodes[j].tag`) is not
+  published over MQTT, so each reading comes from one protocol;
+- all of them run one plant: the same seed and start time, so that tags read
+  over different protocols agree (a reversal is one reversal everywhere).
+
+Remote OPC UA endpoints, Modbus and camera sources are not simulated (logged).
 
 Example::
 
     python -m simulators --config data_ingestion_config.json --speedup 10
     python -m simulators --config data_ingestion_config.json --burst 10000 --invalid-fraction 0.2
+
+    # with "opcua": [{"name": "furnace", "endpoint": "opc.tcp://127.0.0.1:4840",
+    #   "nodes": [{"node_id": "nsu=urn:glassplant:sim;s=LineC.Furnace.CrownTemp.Z2",
+    #              "tag": "furnace.crown_temp_z2"}]}]: a server on port 4840, and
+    # furnace.crown_temp_z2 no longer over MQTT
 
     from simulators import run_simulation
     run_simulation("data_ingestion_config.json", duration_seconds=60, speedup=10.0)
@@ -24,14 +45,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import socket
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from simulators.glass_line import TAGS, Fault, GlassLine, TagSpec, random_faults
+from simulators.glass_line import TAG_BY_NAME, TAGS, Fault, GlassLine, TagSpec, random_faults
 from simulators.mqtt_line import (
     BurstResult,
     MqttLinePublisher,
@@ -40,6 +65,10 @@ from simulators.mqtt_line import (
     malformed_payloads,
     topic_matches,
 )
+from simulators.opcua_address_space import NAMESPACE_URI, node_path, opcua_tags
+
+if TYPE_CHECKING:
+    from simulators.opcua_line import OpcUaLineServer
 
 __all__ = [
     "TAGS",
@@ -48,10 +77,14 @@ __all__ = [
     "Fault",
     "GlassLine",
     "MqttLinePublisher",
+    "OpcUaLineServer",
+    "OpcUaPlan",
     "RunResult",
     "TagSpec",
     "brokers_from_config",
     "malformed_payloads",
+    "opcua_read_tags",
+    "opcua_servers_from_config",
     "random_faults",
     "run_burst",
     "run_simulation",
@@ -63,8 +96,9 @@ _DEFAULT_MQTT_PORT = 1883
 _DEFAULT_QOS = 1
 _DEFAULT_TOPICS = ("plant/#",)
 _JOIN_POLL_SECONDS = 0.2
-_NOT_SIMULATED = ("opcua", "modbus", "camera")
-_SIMULATED_TOPICS = tuple(f"plant/{spec.area}/{spec.tag}" for spec in TAGS)
+_NOT_SIMULATED = ("modbus", "camera")
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_OPC_SCHEME = "opc.tcp"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -81,6 +115,38 @@ class BrokerPlan:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class OpcUaPlan:
+    """One simulated OPC UA server, and the configured sources that read from it.
+
+    `tags` are the tags the sources name (`nodes[].tag`); the server serves
+    them and the model's OPC UA tags. `secure` is True when a source asks for
+    a security policy other than None.
+    """
+
+    host: str
+    port: int
+    tags: tuple[str, ...]
+    users: tuple[tuple[str, str], ...]
+    secure: bool
+    sources: tuple[str, ...]
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{_OPC_SCHEME}://{host}:{self.port}"
+
+
+def __getattr__(name: str) -> Any:
+    # opcua_line is imported on first use: `python -m simulators.opcua_line`
+    # then runs one copy of it, not a second one beside this package's.
+    if name == "OpcUaLineServer":
+        from simulators.opcua_line import OpcUaLineServer
+
+        return OpcUaLineServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _expand(value: Any) -> Any:
@@ -136,6 +202,153 @@ def brokers_from_config(config: Mapping[str, Any]) -> list[BrokerPlan]:
     ]
 
 
+def _opcua_entries(config: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    entries = (config.get("sources") or {}).get("opcua") or []
+    return [(f"sources.opcua[{i}]", entry) for i, entry in enumerate(entries)]
+
+
+def opcua_read_tags(config: Mapping[str, Any]) -> set[str]:
+    """Every tag an OPC UA source of `config` reads (`sources.opcua[i].nodes[j].tag`)."""
+    tags: set[str] = set()
+    for _, entry in _opcua_entries(config):
+        if not isinstance(entry, Mapping):
+            continue
+        for node in entry.get("nodes") or []:
+            if isinstance(node, Mapping) and isinstance(node.get("tag"), str):
+                tags.add(node["tag"])
+    return tags
+
+
+def opcua_servers_from_config(config: Mapping[str, Any]) -> list[OpcUaPlan]:
+    """The OPC UA servers to simulate: one per local endpoint port of `config["sources"]["opcua"]`.
+
+    A source whose endpoint host is not this machine is logged and skipped.
+    Raises ValueError naming the path of every bad entry, e.g.
+    `sources.opcua[0].endpoint: 'tcp://x' is not an OPC UA endpoint (use opc.tcp://host:port)`.
+    """
+    errors: list[str] = []
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for at, entry in _opcua_entries(config):
+        if not isinstance(entry, Mapping):
+            errors.append(f"{at}: expected an object, got {type(entry).__name__}")
+            continue
+        name = str(entry.get("name", at))
+        endpoint = _expand(entry.get("endpoint"))
+        try:
+            parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+            port = parts.port if parts is not None else None
+        except ValueError:
+            parts, port = None, None
+        if parts is None or parts.scheme != _OPC_SCHEME or not parts.hostname:
+            errors.append(
+                f"{at}.endpoint: {endpoint!r} is not an OPC UA endpoint (use opc.tcp://host:port)"
+            )
+            continue
+        host = parts.hostname
+        if host not in _LOCAL_HOSTS:
+            _LOGGER.warning(
+                "simulator: %s (%s) is not simulated: %s is not this machine", at, name, endpoint
+            )
+            continue
+        plan = merged.setdefault(
+            (host, port or 4840), {"tags": [], "users": {}, "secure": False, "names": []}
+        )
+        plan["names"].append(name)
+        for j, node in enumerate(entry.get("nodes") or []):
+            tag = node.get("tag") if isinstance(node, Mapping) else None
+            if tag not in TAG_BY_NAME:
+                _LOGGER.warning(
+                    "simulator: %s.nodes[%d].tag %r is not a tag of the simulated line: not served",
+                    at,
+                    j,
+                    tag,
+                )
+                continue
+            if tag not in plan["tags"]:
+                plan["tags"].append(tag)
+            _check_node_id(f"{at}.nodes[{j}].node_id", node.get("node_id"), tag)
+        username, password = _expand(entry.get("username")), _expand(entry.get("password"))
+        if isinstance(username, str) and username:
+            plan["users"][username] = password if isinstance(password, str) else ""
+        policy = entry.get("security_policy")
+        plan["secure"] = plan["secure"] or (policy not in (None, "None"))
+    if errors:
+        raise ValueError("invalid OPC UA sources:\n  " + "\n  ".join(errors))
+    return [
+        OpcUaPlan(
+            host,
+            port,
+            tuple(plan["tags"]),
+            tuple(plan["users"].items()),
+            plan["secure"],
+            tuple(plan["names"]),
+        )
+        for (host, port), plan in merged.items()
+    ]
+
+
+def _check_node_id(at: str, node_id: Any, tag: str) -> None:
+    # Only the string identifier can be compared: the index (ns=2) or URI
+    # form is the connector's to resolve.
+    served = ".".join(node_path(TAG_BY_NAME[tag]))
+    if not isinstance(node_id, str) or node_id.rpartition(";s=")[2] != served:
+        _LOGGER.warning(
+            "simulator: %s %r is not a node of the simulated server; it serves %s as"
+            " nsu=%s;s=%s",
+            at,
+            node_id,
+            tag,
+            NAMESPACE_URI,
+            served,
+        )
+
+
+def _port_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _opcua_servers(
+    plans: Sequence[OpcUaPlan],
+    *,
+    speedup: float,
+    seed: int,
+    start_ts: float,
+    fault_rate_per_hour: float,
+) -> list[OpcUaLineServer]:
+    from simulators.opcua_line import OpcUaLineServer
+
+    servers = []
+    for plan in plans:
+        if _port_answers(plan.host, plan.port):
+            _LOGGER.warning(
+                "simulator: something already listens on %s (%s): no simulated OPC UA server"
+                " started there",
+                plan.endpoint,
+                ", ".join(plan.sources),
+            )
+            continue
+        tags = list(dict.fromkeys((*opcua_tags(), *plan.tags)))
+        users = dict(plan.users)
+        server = OpcUaLineServer(
+            plan.port,
+            host=plan.host,
+            speedup=speedup,
+            seed=seed,
+            start_ts=start_ts,
+            tags=tags,
+            security=("all",) if plan.secure else ("none",),
+            users=users,
+            allow_anonymous=True,
+            fault_rate_per_hour=fault_rate_per_hour,
+        )
+        servers.append(server)
+    return servers
+
+
 def _load(config_path: str) -> dict[str, Any]:
     with open(config_path, encoding="utf-8") as file:
         config = json.load(file)
@@ -155,10 +368,14 @@ def _publishers(
     seed: int,
     payload_form: PayloadForm,
     fault_rate_per_hour: float,
+    skip_tags: frozenset[str] = frozenset(),
+    start_ts: float | None = None,
 ) -> list[MqttLinePublisher]:
     publishers = []
+    tags = [spec.tag for spec in TAGS if spec.tag not in skip_tags]
+    topics = [f"plant/{TAG_BY_NAME[tag].area}/{tag}" for tag in tags]
     for i, plan in enumerate(plans):
-        if not any(topic_matches(f, t) for f in plan.topic_filters for t in _SIMULATED_TOPICS):
+        if not any(topic_matches(f, t) for f in plan.topic_filters for t in topics):
             _LOGGER.warning(
                 "simulator: the topics %s of %s match no simulated topic (plant/<area>/<tag>);"
                 " nothing is published to %s",
@@ -176,6 +393,8 @@ def _publishers(
             seed=seed + i,
             topic_filters=plan.topic_filters,
             fault_rate_per_hour=fault_rate_per_hour,
+            tags=tags if skip_tags else None,
+            start_ts=start_ts,
         )
         publishers.append(publisher)
     return publishers
@@ -192,30 +411,48 @@ def run_simulation(
     fault_rate_per_hour: float = 0.0,
     ground_truth_path: str | None = None,
 ) -> None:
-    """Publish the simulated line to every MQTT broker of the config until done.
+    """Simulate every MQTT broker and local OPC UA server of the config until done.
 
-    Runs one publisher thread per broker for `duration_seconds` of wall time
-    (None: until `stop_event` is set or Ctrl-C). A publisher that fails (its
-    broker is unreachable) stops the others and its error is raised here.
-    `ground_truth_path`, when given, receives the injected faults as JSON.
+    Runs one thread per MQTT publisher and per OPC UA server for
+    `duration_seconds` of wall time (None: until `stop_event` is set or
+    Ctrl-C). One that fails (a broker is unreachable, a port cannot be bound)
+    stops the others and its error is raised here. `ground_truth_path`, when
+    given, receives the injected faults of all of them as JSON (each label
+    names its `broker` or OPC UA `server`).
     """
-    plans = brokers_from_config(_load(config_path))
+    config = _load(config_path)
+    plans = brokers_from_config(config)
+    opcua_plans = opcua_servers_from_config(config)
+    # One plant for every protocol: the same seed and start time give the same samples.
+    start_ts = float(math.floor(time.time()))
     publishers = _publishers(
         plans,
         speedup=speedup,
         seed=seed,
         payload_form=payload_form,
         fault_rate_per_hour=fault_rate_per_hour,
+        skip_tags=frozenset(opcua_read_tags(config)),
+        start_ts=start_ts,
     )
-    if not publishers:
-        _LOGGER.warning("simulator: %s configures no MQTT source: nothing to simulate", config_path)
+    servers = _opcua_servers(
+        opcua_plans,
+        speedup=speedup,
+        seed=seed,
+        start_ts=start_ts,
+        fault_rate_per_hour=fault_rate_per_hour,
+    )
+    if not publishers and not servers:
+        _LOGGER.warning(
+            "simulator: %s configures no MQTT or local OPC UA source: nothing to simulate",
+            config_path,
+        )
         return
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    def serve(publisher: MqttLinePublisher) -> None:
+    def serve(runner: MqttLinePublisher | OpcUaLineServer) -> None:
         try:
-            publisher.run(duration_seconds, stop)
+            runner.run(duration_seconds, stop)
         except BaseException as err:  # noqa: BLE001 - handed to the caller's thread below
             errors.append(err)
             stop.set()
@@ -223,6 +460,9 @@ def run_simulation(
     threads = [
         threading.Thread(target=serve, args=(p,), name=f"mqtt-line[{p.host}:{p.port}]")
         for p in publishers
+    ] + [
+        threading.Thread(target=serve, args=(s,), name=f"opcua-line[{s.host}:{s.port}]")
+        for s in servers
     ]
     for thread in threads:
         thread.start()
@@ -239,7 +479,7 @@ def run_simulation(
         for thread in threads:
             thread.join()
         if ground_truth_path is not None:
-            _write_ground_truth(ground_truth_path, publishers)
+            _write_ground_truth(ground_truth_path, publishers, servers)
     if errors:
         raise errors[0]
 
@@ -266,10 +506,13 @@ def run_burst(
     }
 
 
-def _write_ground_truth(path: str, publishers: Sequence[MqttLinePublisher]) -> None:
-    labels = [
+def _write_ground_truth(
+    path: str, publishers: Sequence[MqttLinePublisher], servers: Sequence[OpcUaLineServer] = ()
+) -> None:
+    labels: list[dict[str, Any]] = [
         {"broker": f"{p.host}:{p.port}", **fault} for p in publishers for fault in p.ground_truth()
     ]
+    labels += [{"server": s.endpoint, **fault} for s in servers for fault in s.ground_truth()]
     with open(path, "w", encoding="utf-8") as file:
         json.dump(labels, file, indent=1)
     _LOGGER.info("simulator: wrote %d ground-truth faults to %s", len(labels), path)

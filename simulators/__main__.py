@@ -1,10 +1,16 @@
-"""`python -m simulators`: publish the simulated glass line to the configured MQTT brokers.
+"""`python -m simulators`: simulate the glass line for the configured MQTT and OPC UA sources.
 
-Live (paced by plant time, until Ctrl-C or `--duration` wall seconds)::
+Live (paced by plant time, until Ctrl-C or `--duration` wall seconds): the line
+is published to every MQTT broker of the config and served by an OPC UA server
+on the port of every local `sources.opcua[i].endpoint` (tags read over OPC UA
+are not published over MQTT; see `simulators.run_simulation`)::
 
     python -m simulators --config data_ingestion_config.json --speedup 10 --duration 60
     python -m simulators --config data_ingestion_config.json --faults-per-hour 6 \\
         --ground-truth faults.json
+
+One OPC UA server on its own, with fault commands on stdin, is
+`python -m simulators.opcua_line` (see its module doc).
 
 A counted burst (exactly N messages per broker, a fraction malformed; prints
 what was sent as one JSON line per broker)::
@@ -60,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    # asyncua logs every OPC UA connection and request at INFO.
+    logging.getLogger("asyncua").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.burst is not None:
         results = run_burst(
             args.config,

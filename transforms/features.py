@@ -79,6 +79,7 @@ from transforms.sharding import shard_of
 
 __all__ = [
     "ComputeFeatures",
+    "WindowFeatures",
     "TagStatsFn",
     "WindowStats",
     "WindowProgress",
@@ -369,41 +370,80 @@ class _EmitFeatures(beam.DoFn):
         progress.write(shard)
         if emitted and after.seen == seen:
             return  # a pane that adds nothing
-        yield self._feature(key, stats, bounds, emitted, pane.timing == PaneInfoTiming.LATE)
-
-    def _feature(
-        self, key: Key, stats: WindowStats, bounds: Any, pane_index: int, is_late: bool
-    ) -> Feature:
-        source, device, tag, unit = key
-        spec = self._spec
-        if tag in self._expected:
-            expected = self._expected[tag]
-        else:
-            period = self._config.expected_period_for(tag)
-            expected = self._expected[tag] = None if period is None else spec.size_seconds / period
-        count = stats.count
-        return Feature(
-            source,
-            device,
-            tag,
-            unit,
-            spec.name,
-            bounds.start.micros / 1e6,
-            bounds.end.micros / 1e6,
-            count,
-            stats.mean,
-            stats.std,
-            stats.min,
-            stats.max,
-            stats.first,
-            stats.last,
-            stats.slope_per_min,
-            stats.bad / count,
-            None if expected is None else count / expected,
-            pane_index,
-            is_late,
-            {},
+        late = pane.timing == PaneInfoTiming.LATE
+        yield _to_feature(
+            self._spec, self._config, self._expected, key, stats, bounds, emitted, late
         )
+
+
+class _StatsToFeatures(beam.DoFn):
+    """Combined panes -> `Feature`s, numbered by the runner's pane index; no state.
+
+    For consumers inside the pipeline (`DeriveLineFeatures`): a stateful step
+    holds its output watermark on Prism until its windows expire, which would
+    delay everything grouped downstream by the allowed lateness and more.
+    """
+
+    def __init__(self, spec: FeatureWindow, config: FeaturesConfig) -> None:
+        self._spec = spec
+        self._config = config
+
+    def setup(self) -> None:
+        self._expected: dict[str, float | None] = {}
+
+    def process(
+        self,
+        element: tuple[Key, WindowStats],
+        pane: Any = beam.DoFn.PaneInfoParam,
+        bounds: Any = beam.DoFn.WindowParam,
+    ) -> Iterator[Feature]:
+        late = pane.timing == PaneInfoTiming.LATE
+        if not (pane.is_last and late):  # the expiry pane repeats the window
+            key, stats = element
+            yield _to_feature(
+                self._spec, self._config, self._expected, key, stats, bounds, pane.index, late
+            )
+
+
+def _to_feature(
+    spec: FeatureWindow,
+    config: FeaturesConfig,
+    expected_counts: dict[str, float | None],
+    key: Key,
+    stats: WindowStats,
+    bounds: Any,
+    pane_index: int,
+    is_late: bool,
+) -> Feature:
+    source, device, tag, unit = key
+    if tag in expected_counts:
+        expected = expected_counts[tag]
+    else:
+        period = config.expected_period_for(tag)
+        expected = expected_counts[tag] = None if period is None else spec.size_seconds / period
+    count = stats.count
+    return Feature(
+        source,
+        device,
+        tag,
+        unit,
+        spec.name,
+        bounds.start.micros / 1e6,
+        bounds.end.micros / 1e6,
+        count,
+        stats.mean,
+        stats.std,
+        stats.min,
+        stats.max,
+        stats.first,
+        stats.last,
+        stats.slope_per_min,
+        stats.bad / count,
+        None if expected is None else count / expected,
+        pane_index,
+        is_late,
+        {},
+    )
 
 
 def _window_fn(spec: FeatureWindow) -> window.WindowFn:
@@ -428,56 +468,90 @@ class ComputeFeatures(beam.PTransform):
         self._config = config
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        config = self._config
-        # Windows that share a period share the partial statistics of its slices.
-        partials = {
-            period: batches
-            | f"PreAggregate[{period:g}s]"
-            >> beam.ParDo(_PreAggregateDoFn(config, period)).with_output_types(
-                tuple[Key, list[Any]]
-            )
-            for period in sorted({spec.period for spec in config.windows})
-        }
-        # Later data is dropped by the runner. (A timer closing each window
-        # here, to count what comes too late, stalled every later window on
-        # Prism 2.77 once it fired: measured, so not used.)
-        kept_seconds = config.allowed_lateness_seconds
-        late_firings = trigger.AfterWatermark(late=trigger.AfterCount(1))
-        # First, per period: one accumulator per tag and period-long window.
-        # Discarding: a late pane carries only what arrived late, so that the
-        # windows built from these panes can add it to what they already have.
-        per_period = {
-            period: slices
-            | f"Periods[{period:g}s]"
-            >> beam.WindowInto(
-                window.FixedWindows(period),
-                trigger=late_firings,
-                accumulation_mode=trigger.AccumulationMode.DISCARDING,
-                allowed_lateness=kept_seconds,
-            )
-            | f"PeriodStats[{period:g}s]" >> beam.CombinePerKey(_MergePartialsFn())
-            for period, slices in partials.items()
-        }
-        # Then each configured window from its periods: a 10-minute window
-        # sliding every minute merges ten per-minute accumulators per tag,
-        # rather than taking every bundle's partials ten times over.
-        per_window = []
-        for spec in config.windows:
-            features = (
-                per_period[spec.period]
-                | f"Window[{spec.name}]"
-                >> beam.WindowInto(
-                    _window_fn(spec),
-                    trigger=late_firings,
-                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                    allowed_lateness=kept_seconds,
-                )
-                | f"Stats[{spec.name}]" >> beam.CombinePerKey(MergeStatsFn())
-                | f"Shard[{spec.name}]"
-                >> beam.Map(_by_shard).with_output_types(tuple[int, tuple[Key, WindowStats]])
-                | f"Emit[{spec.name}]" >> beam.ParDo(_EmitFeatures(spec, config))
-            )
-            per_window.append(features)
+        per_window = [
+            stats
+            | f"Shard[{spec.name}]"
+            >> beam.Map(_by_shard).with_output_types(tuple[int, tuple[Key, WindowStats]])
+            | f"Emit[{spec.name}]" >> beam.ParDo(_EmitFeatures(spec, self._config))
+            for spec, stats in _window_stats(batches, self._config)
+        ]
         if len(per_window) == 1:
             return per_window[0]
         return tuple(per_window) | "Merge" >> beam.Flatten()
+
+
+class WindowFeatures(beam.PTransform):
+    """Like `ComputeFeatures`, but stateless: panes numbered by the runner, repeats kept.
+
+    For consumers inside the pipeline (`DeriveLineFeatures`): its output
+    watermark follows the windows, where `ComputeFeatures`' stateful numbering
+    step would hold it back until the windows expire. Restrict `config.tags`
+    to what the consumer needs.
+    """
+
+    def __init__(self, config: FeaturesConfig) -> None:
+        super().__init__()
+        errors = config.validate("features")
+        if errors:
+            raise ValueError("WindowFeatures: " + "; ".join(errors))
+        self._config = config
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        per_window = [
+            stats | f"ToFeatures[{spec.name}]" >> beam.ParDo(_StatsToFeatures(spec, self._config))
+            for spec, stats in _window_stats(batches, self._config)
+        ]
+        if len(per_window) == 1:
+            return per_window[0]
+        return tuple(per_window) | "Merge" >> beam.Flatten()
+
+
+def _window_stats(
+    batches: beam.PCollection, config: FeaturesConfig
+) -> list[tuple[FeatureWindow, beam.PCollection]]:
+    """(window spec, combined `(Key, WindowStats)` panes) for each configured window."""
+    # Windows that share a period share the partial statistics of its slices.
+    partials = {
+        period: batches
+        | f"PreAggregate[{period:g}s]"
+        >> beam.ParDo(_PreAggregateDoFn(config, period)).with_output_types(tuple[Key, list[Any]])
+        for period in sorted({spec.period for spec in config.windows})
+    }
+    # Later data is dropped by the runner. (A timer closing each window
+    # here, to count what comes too late, stalled every later window on
+    # Prism 2.77 once it fired: measured, so not used.)
+    kept_seconds = config.allowed_lateness_seconds
+    late_firings = trigger.AfterWatermark(late=trigger.AfterCount(1))
+    # First, per period: one accumulator per tag and period-long window.
+    # Discarding: a late pane carries only what arrived late, so that the
+    # windows built from these panes can add it to what they already have.
+    per_period = {
+        period: slices
+        | f"Periods[{period:g}s]"
+        >> beam.WindowInto(
+            window.FixedWindows(period),
+            trigger=late_firings,
+            accumulation_mode=trigger.AccumulationMode.DISCARDING,
+            allowed_lateness=kept_seconds,
+        )
+        | f"PeriodStats[{period:g}s]" >> beam.CombinePerKey(_MergePartialsFn())
+        for period, slices in partials.items()
+    }
+    # Then each configured window from its periods: a 10-minute window
+    # sliding every minute merges ten per-minute accumulators per tag,
+    # rather than taking every bundle's partials ten times over.
+    return [
+        (
+            spec,
+            per_period[spec.period]
+            | f"Window[{spec.name}]"
+            >> beam.WindowInto(
+                _window_fn(spec),
+                trigger=late_firings,
+                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                allowed_lateness=kept_seconds,
+            )
+            | f"Stats[{spec.name}]" >> beam.CombinePerKey(MergeStatsFn()),
+        )
+        for spec in config.windows
+    ]

@@ -96,6 +96,11 @@ class LineFeaturesConfig:
             tags.add(self.boost_power_tag)
         return frozenset(tags)
 
+    def input_patterns(self) -> tuple[str, ...]:
+        """fnmatch patterns of every input tag, the mould templates' sections as `*`."""
+        templates = (self.blank_mould_temp_tag, self.blow_mould_temp_tag)
+        return (*sorted(self.input_tags()), *(t.replace(SECTION, "*") for t in templates))
+
     def section_of(self, tag: str) -> str | None:
         """The IS section of a blank or blow mould temperature tag, else None."""
         for template in (self.blank_mould_temp_tag, self.blow_mould_temp_tag):
