@@ -58,6 +58,7 @@ __all__ = [
     "PushReader",
     "AckCheckpointMark",
     "AckCheckpointMarkCoder",
+    "BatchCoder",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -129,6 +130,17 @@ class ReceiveBuffer(Generic[T]):
                 self._not_full.wait(_PUT_WAIT_SECONDS)
             self._items.append(item)
         return True
+
+    def put_nowait(self, item: T) -> None:
+        """Appends `item` even when full: for an event loop that must not block.
+
+        Its owner waits for `full` to clear (without blocking) before the next batch.
+        """
+        self._items.append(item)
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self._capacity
 
     def drain(self, max_items: int) -> list[T]:
         """Removes and returns up to `max_items` items; never blocks."""
@@ -230,6 +242,9 @@ class Receiver(Generic[T]):
 
     def _deliver(self, item: T, received_at: float, handle: Any = None) -> bool:
         return self.buffer.put((item, received_at, handle, self.generation), self._stop)
+
+    def _deliver_nowait(self, item: T, received_at: float, handle: Any = None) -> None:
+        self.buffer.put_nowait((item, received_at, handle, self.generation))
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -349,6 +364,20 @@ class AckCheckpointMarkCoder(coders.Coder):
 
     def __hash__(self) -> int:
         return hash(type(self))
+
+
+class BatchCoder(coders.FastPrimitivesCoder):
+    """The sources' output coder: a batch (list) of records.
+
+    Beam estimates the size of the first elements of every bundle by encoding
+    them; with record NamedTuples that meant pickling each one (about 1.5 us a
+    record, 15 % of an OPC UA source's time). A batch is sized by its length.
+    """
+
+    _BYTES_PER_RECORD = 200
+
+    def estimate_size(self, value: Any, nested: bool = False) -> int:
+        return self._BYTES_PER_RECORD * len(value) if isinstance(value, list) else 64
 
 
 class PushReader(UnboundedReader, Generic[T]):

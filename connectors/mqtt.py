@@ -68,6 +68,7 @@ from connectors.base import (
     READINGS,
     AckCheckpointMarkCoder,
     Backoff,
+    BatchCoder,
     PushReader,
     Receiver,
     run_connection_loop,
@@ -394,7 +395,7 @@ class _MqttUnboundedSource(UnboundedSource):
         return AckCheckpointMarkCoder()
 
     def default_output_coder(self) -> coders.Coder:
-        return coders.FastPrimitivesCoder()
+        return BatchCoder()
 
 
 class _ParseMessages(beam.DoFn):

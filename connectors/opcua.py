@@ -94,6 +94,7 @@ from connectors.base import (
     DEAD_LETTER,
     READINGS,
     Backoff,
+    BatchCoder,
     PushReader,
     Receiver,
     live_receiver,
@@ -133,6 +134,7 @@ _DEFAULT_MAX_BUNDLE_SECONDS = 1.0
 _DEFAULT_POLL_INTERVAL_SECONDS = 0.05
 _FALLBACK_OPERATION_LIMIT = 1000
 _SESSION_TIMEOUT_MS = 60_000
+_ROOM_WAIT_SECONDS = 0.05
 _POSITION_SAVE_SECONDS = 5.0
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _HISTORY_READ_BIT = 0x04
@@ -525,7 +527,7 @@ class _OpcUaReceiver(Receiver[Item]):
                             found.append(
                                 _Node(key, node_id, browse_tag(child, browse.tag_prefix), None)
                             )
-            if len(found) >= browse.max_nodes:
+            if len(found) > browse.max_nodes:
                 _LOGGER.warning(
                     "%s: browse of %s found more than max_nodes=%d; reading the first",
                     self.label, browse.root, browse.max_nodes,
@@ -794,12 +796,20 @@ class _OpcUaReceiver(Receiver[Item]):
                     self.label, events.notifier, status_name(result.StatusCode.value),
                 )  # fmt: skip
 
-    def _on_publish(self, result: ua.PublishResult) -> None:
-        """Decodes one publish response; runs on the event loop, so never concurrently."""
-        self._last_contact = received_at = time.time()
+    async def _on_publish(self, result: ua.PublishResult) -> None:
+        """Decodes one publish response; runs on the event loop, so never concurrently.
+
+        While the receive buffer is full it waits before decoding: asyncua
+        sends no further publish request meanwhile, and the server keeps the
+        notifications (backpressure that never blocks the event loop, whose
+        keep-alives must go on).
+        """
+        self._last_contact = time.time()
         data = result.NotificationMessage.NotificationData
         if not data:
             return
+        await self._room()
+        received_at = time.time()
         for notification in data:
             if isinstance(notification, ua.DataChangeNotification):
                 held = self._held
@@ -831,7 +841,7 @@ class _OpcUaReceiver(Receiver[Item]):
             return
         ts = self._ts(value, received_at)
         self._last_ts[handle] = ts
-        self._emit(self._record(nodes[handle], value, ts, received_at))
+        self._emit(self._record(nodes[handle], value, ts, received_at), received_at)
 
     def _record(self, node: _Node, value: ua.DataValue, ts: float, received_at: float) -> Item:
         code = _code(value)
@@ -878,8 +888,13 @@ class _OpcUaReceiver(Receiver[Item]):
             )  # fmt: skip
         )
 
-    def _emit(self, item: Item) -> None:
-        self._deliver(item, time.time())
+    def _emit(self, item: Item, received_at: float | None = None) -> None:
+        self._deliver_nowait(item, time.time() if received_at is None else received_at)
+
+    async def _room(self) -> None:
+        """Waits, without blocking the event loop, until the receive buffer has room."""
+        while self.buffer.full and not self._stop.is_set():
+            await asyncio.sleep(_ROOM_WAIT_SECONDS)
 
     # -- polling
 
@@ -895,6 +910,7 @@ class _OpcUaReceiver(Receiver[Item]):
             handle = 0
             for batch in _chunks(ids, limit):
                 values = await client.uaclient.read_attributes(list(batch), ua.AttributeIds.Value)
+                await self._room()
                 for value in values:
                     if self._ts(value, received_at) != self._last_ts[handle]:
                         self._on_value(handle, value, received_at)
@@ -977,23 +993,20 @@ class _OpcUaReceiver(Receiver[Item]):
             # handle -> (start time, continuation point)
             pending: dict[int, tuple[float, bytes | None]] = {h: (s, None) for h, s in batch}
             while pending:
-                handles = list(pending)
-                details = ua.ReadRawModifiedDetails(
-                    IsReadModified=False,
-                    StartTime=_EPOCH
-                    + datetime.timedelta(seconds=min(pending[h][0] for h in handles)),
-                    EndTime=ua.get_win_epoch(),
-                    NumValuesPerNode=per_read,
-                    ReturnBounds=False,
-                )
+                # One request per start time: a ReadRawModifiedDetails has one.
                 groups: dict[float, list[int]] = {}
-                for handle in handles:
-                    groups.setdefault(pending[handle][0], []).append(handle)
+                for handle, (start, _) in pending.items():
+                    groups.setdefault(start, []).append(handle)
                 next_pending: dict[int, tuple[float, bytes | None]] = {}
                 for start, group in groups.items():
-                    details.StartTime = _EPOCH + datetime.timedelta(seconds=start)
                     params = ua.HistoryReadParameters(
-                        HistoryReadDetails=details,
+                        HistoryReadDetails=ua.ReadRawModifiedDetails(
+                            IsReadModified=False,
+                            StartTime=_EPOCH + datetime.timedelta(seconds=start),
+                            EndTime=ua.get_win_epoch(),  # unspecified: forward from the start
+                            NumValuesPerNode=per_read,
+                            ReturnBounds=False,
+                        ),
                         TimestampsToReturn=ua.TimestampsToReturn.Both,
                         ReleaseContinuationPoints=False,
                         NodesToRead=[
@@ -1012,6 +1025,7 @@ class _OpcUaReceiver(Receiver[Item]):
                             else []
                         ) or []
                         before = self._last_ts[handle]
+                        await self._room()
                         received_at = time.time()
                         for value in values:
                             if self._ts(value, received_at) > self._last_ts[handle]:
@@ -1172,7 +1186,7 @@ class _OpcUaUnboundedSource(UnboundedSource):
         return _OpcUaCheckpointMarkCoder()
 
     def default_output_coder(self) -> coders.Coder:
-        return coders.FastPrimitivesCoder()
+        return BatchCoder()
 
 
 class _SplitRecords(beam.DoFn):

@@ -2,7 +2,8 @@
 
 Starts the simulator for the configured sources, the pipeline on Prism, and a
 Kafka consumer that prints, every few seconds, how many records arrived per
-topic, the dead-letter reasons, the latest value of a few tags and the latest
+topic and per source, the dead-letter reasons, the latest value of a few tags
+of each source (OPC UA and MQTT side by side) and the latest
 glass features (specific energy, gob weight CV...), and every alert as it is
 raised or cleared. Ctrl-C stops all.
 """
@@ -26,7 +27,7 @@ __all__ = ["run_demo"]
 _LOGGER = logging.getLogger(__name__)
 
 _REPORT_SECONDS = 5.0
-_SHOWN_TAGS = 6
+_SHOWN_TAGS_PER_SOURCE = 4
 
 
 class _KafkaView:
@@ -37,7 +38,8 @@ class _KafkaView:
         self._topics = topics
         self.counts: collections.Counter[str] = collections.Counter()
         self.reasons: collections.Counter[str] = collections.Counter()
-        self.latest: dict[str, str] = {}
+        self.readings_by_source: collections.Counter[str] = collections.Counter()
+        self.latest: dict[str, dict[str, str]] = collections.defaultdict(dict)
         self.derived: dict[str, str] = {}
 
     def add(self, topic: str, record: dict[str, Any]) -> None:
@@ -45,7 +47,11 @@ class _KafkaView:
         if topic == self._topics.dead_letter:
             self.reasons[record["reason"]] += 1
         elif topic == self._topics.readings:
-            self.latest[record["tag"]] = f"{record['value']:.2f} {record['unit']} @ {record['ts']}"
+            source = f"{record['source']} {record['device']}"
+            self.readings_by_source[source] += 1
+            self.latest[source][
+                record["tag"]
+            ] = f"{record['value']:.2f} {record['unit']} {record['quality']} @ {record['ts']}"
         elif topic == self._topics.features and record["source"] == "derived":
             self.derived[record["tag"]] = (
                 f"{record['mean']:.3f} {record['unit']} over {record['window']} "
@@ -60,9 +66,11 @@ class _KafkaView:
 
     def report(self) -> None:
         print(f"\n--- in Kafka since start: {dict(self.counts)}")
+        print(f"    readings by source {dict(self.readings_by_source)}")
         print(f"    dead-letter reasons {dict(self.reasons)}")
-        for tag in sorted(self.latest)[:_SHOWN_TAGS]:
-            print(f"    {tag:32s} {self.latest[tag]}")
+        for source, latest in sorted(self.latest.items()):
+            for tag in sorted(latest)[:_SHOWN_TAGS_PER_SOURCE]:
+                print(f"    {source:14s} {tag:32s} {latest[tag]}")
         for tag in sorted(self.derived):
             print(f"    {tag:32s} {self.derived[tag]}")
 

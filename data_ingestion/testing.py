@@ -40,7 +40,7 @@ def pipeline_config(
     qos: int = 1,
     kafka_client: str = "kafka-python",
 ) -> tuple[Path, dict[str, str]]:
-    """The demo config, pointed at a private broker and fresh Kafka topics."""
+    """The demo config's MQTT source alone, pointed at a private broker and fresh topics."""
     config = json.loads((REPO / "data_ingestion_config.json").read_text())
     suffix = uuid.uuid4().hex[:10]
     topics = {
@@ -55,6 +55,7 @@ def pipeline_config(
     config["kafka"]["topic_partitions"] = 2
     config["kafka"]["client"] = kafka_client
     mqtt = config["sources"]["mqtt"][0]
+    config["sources"] = {"mqtt": [mqtt]}
     mqtt.update(
         {
             "port": mqtt_port,

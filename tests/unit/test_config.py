@@ -21,6 +21,7 @@ import pytest
 from connectors.kafka_config import KafkaSink
 from connectors.modbus_config import ModbusRegister
 from connectors.mqtt_config import MqttSource, MqttTls, topic_filter_problem
+from connectors.opcua_config import OpcUaNode
 from data_ingestion.setup import DataIngestionSetup, check_config, parse_dotenv
 from pipelines.config import DataIngestionConfig, parse_config, to_dict
 from transforms.validation_config import ValidationConfig, ValidationRule
@@ -94,7 +95,15 @@ def test_repo_config_loads_with_the_demo_source_and_line_c_hard_limits() -> None
             client_id="ingest-iot",
         ),
     )
-    assert (config.sources.opcua, config.sources.modbus, config.sources.camera) == ((), (), ())
+    (furnace,) = config.sources.opcua
+    # The plant simulator's OPC UA tags (simulators.opcua_line), read from its namespace.
+    assert (furnace.name, furnace.endpoint, furnace.namespace_uri) == (
+        "furnace",
+        "opc.tcp://127.0.0.1:4840",
+        "urn:glassplant:sim",
+    )
+    assert furnace.nodes[3] == OpcUaNode("s=LineC.Furnace.CrownTemp.Z2", "furnace.crown_temp_z2")
+    assert (config.sources.modbus, config.sources.camera) == ((), ())
     hard_limits = {
         tag: (rule.min, rule.max)
         for tag in ("furnace.crown_temp_z2", "feeder.gob_temp", "is.blank_mould_temp_s7")
@@ -618,4 +627,4 @@ def test_check_config_prints_every_error_to_stderr(
 def test_check_config_of_the_repo_config(capsys: pytest.CaptureFixture[str]) -> None:
     path = str(_REPO / "data_ingestion_config.json")
     assert check_config(path, environ={}) == 0
-    assert capsys.readouterr().out == f"OK: {path} (1 source: mqtt iot)\n"
+    assert capsys.readouterr().out == f"OK: {path} (2 sources: mqtt iot, opcua furnace)\n"
