@@ -948,12 +948,16 @@ class _OpcUaReceiver(Receiver[Item]):
         )
 
     async def _backfill(self, client: Client) -> None:
-        """Fills each node's gap from history, then releases the held live values."""
+        """Fills each node's gap from history, then releases the held live values.
+
+        What history cannot give (a node without it, or beyond
+        `max_backfill_seconds`) is one `data_gap` alert for the source.
+        """
         config = self._config
         now = time.time()
         horizon = now - config.max_backfill_seconds
         starts: list[tuple[int, float]] = []
-        no_history: list[_Node] = []
+        unfilled: list[tuple[_Node, float]] = []
         for handle, node in enumerate(self._nodes):
             since = self._last_ts[handle]
             if since < 0 and self._resume_from is not None:
@@ -962,20 +966,23 @@ class _OpcUaReceiver(Receiver[Item]):
                 continue  # never seen: nothing to fill
             if node.history and config.history_backfill:
                 starts.append((handle, max(since, horizon)))
+                if since < horizon:
+                    unfilled.append((node, since))
             else:
-                no_history.append(node)
+                # Nothing was missed before the link went, whatever the last value's age.
+                unfilled.append((node, max(since, self._outage_since or since)))
         self._resume_from = None
         if starts:
             await self._read_history(client, starts)
-        if no_history and self._outage_since is not None:
-            start = min(self._delivered.get(node.key, now) for node in no_history)
-            sample = ", ".join(node.key for node in no_history[:5])
+        if unfilled:
+            start = min(since for _, since in unfilled)
+            sample = ", ".join(node.key for node, _ in unfilled[:5])
             self._emit_all(
                 _alert_pair(
                     config.name, AlertRule.DATA_GAP, start, now,
-                    f"{len(no_history)} node(s) keep no history; their values between the "
-                    f"disconnect and the reconnect are missing (e.g. {sample})",
-                    meta={"nodes": str(len(no_history))},
+                    f"values of {len(unfilled)} node(s) since the link went could not be "
+                    f"back-filled (no history, or older than max_backfill_seconds): {sample}",
+                    meta={"nodes": str(len(unfilled))},
                 )  # fmt: skip
             )
         held, self._held = self._held or [], None
