@@ -7,7 +7,8 @@ run in order against it and read Kafka back:
 - readings carry the plant tags, units from EngineeringUnits, the server's
   source timestamps and values (compared with the server's own value log);
 - a configured node the server lacks is reported once, the rest flow;
-- a Bad status arrives as bad quality (and validation dead-letters its null);
+- a Bad status arrives as bad quality (and validation dead-letters its null),
+  and the server's event about it as a `source_event` alert;
 - a network cut while the server keeps historizing: every sample the server
   produced is in Kafka exactly once, and the outage is a `connection_lost`
   alert raised and cleared;
@@ -118,6 +119,7 @@ def line(
             "watchdog_interval_seconds": 0.5,
             "reconnect_max_seconds": 2,
             "position_file": str(tmp / "opcua-positions.json"),
+            "events": [{"notifier": "i=2253"}],
             "nodes": [*nodes, {"node_id": MISSING_NODE, "tag": "furnace.crown_temp_z9"}],
         }
     ]
@@ -181,7 +183,7 @@ def test_a_node_the_server_lacks_is_reported_once_and_the_others_flow(line: Line
     assert "furnace.crown_temp_z9" not in {r["tag"] for r in line.readings.records}
 
 
-def test_a_bad_status_arrives_as_bad_quality(line: Line) -> None:
+def test_a_bad_status_arrives_as_bad_quality_and_its_event_as_an_alert(line: Line) -> None:
     tag = "furnace.crown_temp_z3"
     line.server.status(tag, "BadSensorFailure", 3)
 
@@ -192,10 +194,26 @@ def test_a_bad_status_arrives_as_bad_quality(line: Line) -> None:
             if d["reason"] == "missing_value" and tag in d["detail"]
         ]
 
-    wait_until(bad_letters, timeout=60, step=line.poll_all, describe=line.pipeline.log_tail)
+    def events() -> list[dict[str, Any]]:
+        return [a for a in line.alerts_of("source_event") if a["tag"] == tag]
+
+    wait_until(
+        lambda: bad_letters() and events(),
+        timeout=60,
+        step=line.poll_all,
+        describe=lambda: f"{line.alerts.records}\n{line.pipeline.log_tail()}",
+    )
     reading = bad_letters()[0]
     assert (reading["quality"], reading["value"]) == ("bad", None)
     assert reading["meta"]["status"] == "BadSensorFailure"
+    # The server's own event about it, from the Server object's notifier.
+    (event,) = events()
+    assert (event["device"], event["state"], event["meta"]["notifier"]) == (
+        "furnace",
+        "raised",
+        "i=2253",
+    )
+    assert "BadSensorFailure" in event["detail"] or tag in event["detail"]
 
 
 def _exactly_once_between(line: Line, tag: str, start: float, end: float) -> None:
