@@ -19,7 +19,7 @@ CONFIG ?= data_ingestion_config.json
 KAFKA_PORT ?= 9092
 MQTT_PORT ?= 1883
 
-.PHONY: help venv system-deps stack lint test demo bench down clean
+.PHONY: help venv system-deps stack lint test demo bench down clean foreign-opcua
 
 help:
 	@echo "make demo | test | lint | bench | stack | down | clean | venv | system-deps"
@@ -59,7 +59,17 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: stack
+# The node-opcua server of tests/integration/test_opcua_foreign_server.py (the
+# test skips without node); npm ci again only when the lock file changed.
+foreign-opcua:
+	@cd tests/foreign_opcua; \
+	if ! command -v npm >/dev/null; then \
+	  echo "foreign-opcua: npm is missing (without node the node-opcua server tests skip)"; \
+	elif [ ! -f node_modules/.installed ] || [ package-lock.json -nt node_modules/.installed ]; then \
+	  npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	fi
+
+test: stack foreign-opcua
 	$(VENV)/bin/pytest -q
 	$(MAKE) --no-print-directory lint
 

@@ -103,6 +103,7 @@ from connectors.base import (
 from connectors.opcua_config import OpcUaBrowse, OpcUaSource
 from records import (
     CLEARED,
+    INSTRUMENT_RANGE,
     RAISED,
     Alert,
     AlertRule,
@@ -135,17 +136,25 @@ _DEFAULT_POLL_INTERVAL_SECONDS = 0.05
 _FALLBACK_OPERATION_LIMIT = 1000
 _SESSION_TIMEOUT_MS = 60_000
 _ROOM_WAIT_SECONDS = 0.05
+# The step past a page's last value when a server truncates without a
+# continuation point: a millisecond, since servers keep no finer times
+# (node-opcua's are JavaScript dates) and a finer step would read it again.
+_TICK_SECONDS = 0.001
+_PROPERTIES = ("EngineeringUnits", "InstrumentRange", "EURange")
+# InstrumentRange: what the instrument can report (validation's limits for a
+# tag without a rule); EURange: the usual operating range, for consumers.
+_RANGE_KEYS = {"InstrumentRange": INSTRUMENT_RANGE, "EURange": "eu_range"}
 _POSITION_SAVE_SECONDS = 5.0
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _HISTORY_READ_BIT = 0x04
 _GOOD, _UNCERTAIN = 0, 1
 _SOURCE = "opcua"
 _BASE_EVENT_TYPE = ua.NodeId(ua.Int32(ua.ObjectIds.BaseEventType))
+_HAS_PROPERTY = ua.NodeId(ua.Int32(ua.ObjectIds.HasProperty))
 _EVENT_FIELDS = ("EventId", "EventType", "SourceName", "Time", "Message", "Severity")
 # OPC UA severity 1-1000: from 700 on, the server means "act now".
 _ALARM_SEVERITY = 700
 _NSU = re.compile(r"nsu=([^;]+);(.*)", re.DOTALL)
-_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]*[a-z0-9]+|[A-Z]+")
 _POLICIES: dict[str, Any] = {
     "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
     "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
@@ -189,8 +198,31 @@ def to_epoch(moment: datetime.datetime) -> float:
 
 def browse_tag(names: Sequence[str], prefix: str = "") -> str:
     """`["Furnace", "CrownTemp", "Z2"]` -> `furnace.crown_temp.z2` (after `prefix`)."""
-    levels = ["_".join(word.lower() for word in _WORD.findall(name)) or name for name in names]
-    return prefix + ".".join(levels)
+    return prefix + ".".join("_".join(_words(name)) or name for name in names)
+
+
+def _words(name: str) -> list[str]:
+    """`CrownTemp_Z2` -> crown, temp, z2; `TIC2201` -> tic2201; letters of any script kept."""
+    words: list[str] = []
+    word = ""
+    for index, char in enumerate(name):
+        if not char.isalnum():
+            words.append(word)
+            word = ""
+            continue
+        after = name[index + 1] if index + 1 < len(name) else ""
+        before = name[index - 1] if index else ""
+        # A capital starts a word after a small letter or digit (CrownTemp), or
+        # ends an acronym before a small letter (HTTPServer -> http, server).
+        starts = char.isupper() and (
+            before.islower() or before.isdigit() or (before.isupper() and after.islower())
+        )
+        if starts and word:
+            words.append(word)
+            word = ""
+        word += char.lower()
+    words.append(word)
+    return [w for w in words if w]
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
@@ -341,6 +373,8 @@ class _OpcUaReceiver(Receiver[Item]):
         self._nodes: list[_Node] = []
         self._last_ts: list[float] = []
         self._held: list[tuple[int, ua.DataValue, float]] | None = None
+        self._seam: set[int] = set()
+        self._collisions: set[str] = set()
         # node key -> since when it is missing; `_missing` is this session's finding.
         self._unavailable: dict[str, float] = {}
         self._missing: dict[str, str] = {}
@@ -403,8 +437,10 @@ class _OpcUaReceiver(Receiver[Item]):
             await self._describe(client, nodes)
             self._nodes = nodes
             self._last_ts = [self._delivered.get(node.key, -1.0) for node in nodes]
-            # Values arriving while the gap is back-filled wait here.
+            # Values arriving while the gap is back-filled wait here, and every
+            # node's live values are checked against the back-fill until one is newer.
             self._held = []
+            self._seam = set(range(len(nodes)))
             if config.mode == "subscription":
                 await self._subscribe(client, nodes)
             await self._subscribe_events(client)
@@ -496,37 +532,52 @@ class _OpcUaReceiver(Receiver[Item]):
         node_ids = {node.node_id for node in nodes}
         for browse in config.browse:
             for node in await self._browse(client, browse, namespaces):
-                if node.tag not in tags and node.node_id not in node_ids:
-                    tags.add(node.tag)
-                    node_ids.add(node.node_id)
-                    nodes.append(node)
+                if node.node_id in node_ids:
+                    continue
+                if node.tag in tags:
+                    if node.key not in self._collisions:
+                        self._collisions.add(node.key)
+                        _LOGGER.warning(
+                            "%s: browsed node %s would be tag %s, which another node has; "
+                            "left out (list it under nodes with a tag of its own)",
+                            self.label, node.key, node.tag,
+                        )  # fmt: skip
+                    continue
+                tags.add(node.tag)
+                node_ids.add(node.node_id)
+                nodes.append(node)
         return nodes
 
     async def _browse(
         self, client: Client, browse: OpcUaBrowse, namespaces: list[str]
     ) -> list[_Node]:
+        """Breadth first below the root. A Variable with Variables below it (an S7 or
+        CODESYS struct) is a folder: its members are read, not the struct itself;
+        properties (EURange, EngineeringUnits...) are never data points."""
         root = resolve_node_id(browse.root, namespaces, self._config.namespace_uri)
         patterns = [_glob(pattern) for pattern in browse.patterns]
         found: list[_Node] = []
-        level: list[tuple[ua.NodeId, tuple[str, ...]]] = [(root, ())]
+        # (node id, browse path, whether it is a Variable)
+        level: list[tuple[ua.NodeId, tuple[str, ...], bool]] = [(root, (), False)]
         limit = self._operation_limit("MaxNodesPerBrowse")
-        for _ in range(browse.max_depth):
-            next_level: list[tuple[ua.NodeId, tuple[str, ...]]] = []
+        for depth in range(browse.max_depth + 1):
+            last = depth == browse.max_depth
+            next_level: list[tuple[ua.NodeId, tuple[str, ...], bool]] = []
             for batch in _chunks(level, limit):
-                children = await self._browse_children(client, batch)
-                for (_, path), refs in zip(batch, children, strict=True):
-                    for ref in refs:
-                        child = (*path, ref.BrowseName.Name)
-                        node_id = ua.NodeId(
-                            ref.NodeId.Identifier, ref.NodeId.NamespaceIndex, ref.NodeId.NodeIdType
-                        )
-                        if ref.NodeClass != ua.NodeClass.Variable:
-                            next_level.append((node_id, child))
-                        elif any(pattern.match("/".join(child)) for pattern in patterns):
+                children = [[]] * len(batch) if last else await self._browse_children(client, batch)
+                for (node_id, path, variable), refs in zip(batch, children, strict=True):
+                    if variable and not any(r.NodeClass == ua.NodeClass.Variable for r in refs):
+                        if any(pattern.match("/".join(path)) for pattern in patterns):
                             key = stable_node_id(node_id, namespaces)
                             found.append(
-                                _Node(key, node_id, browse_tag(child, browse.tag_prefix), None)
+                                _Node(key, node_id, browse_tag(path, browse.tag_prefix), None)
                             )
+                    for ref in refs:
+                        child_id = ua.NodeId(
+                            ref.NodeId.Identifier, ref.NodeId.NamespaceIndex, ref.NodeId.NodeIdType
+                        )
+                        is_variable = ref.NodeClass == ua.NodeClass.Variable
+                        next_level.append((child_id, (*path, ref.BrowseName.Name), is_variable))
             if len(found) > browse.max_nodes:
                 _LOGGER.warning(
                     "%s: browse of %s found more than max_nodes=%d; reading the first",
@@ -539,9 +590,10 @@ class _OpcUaReceiver(Receiver[Item]):
         return found
 
     async def _browse_children(
-        self, client: Client, batch: Sequence[tuple[ua.NodeId, tuple[str, ...]]]
+        self, client: Client, batch: Sequence[tuple[ua.NodeId, tuple[str, ...], bool]]
     ) -> list[list[ua.ReferenceDescription]]:
-        """Forward hierarchical references of objects and variables, following continuation points."""
+        """Objects and Variables below each node (forward hierarchical references but
+        HasProperty), following continuation points."""
         params = ua.BrowseParameters()
         params.View = ua.ViewDescription()
         params.RequestedMaxReferencesPerNode = 0
@@ -554,7 +606,7 @@ class _OpcUaReceiver(Receiver[Item]):
                 NodeClassMask=ua.NodeClass.Object | ua.NodeClass.Variable,
                 ResultMask=ua.BrowseResultMask.All,
             )
-            for node_id, _ in batch
+            for node_id, _, _ in batch
         ]
         results = await client.uaclient.browse(params)
         children = []
@@ -567,7 +619,7 @@ class _OpcUaReceiver(Receiver[Item]):
                 )
                 refs.extend(more[0].References or [])
                 point = more[0].ContinuationPoint
-            children.append(refs)
+            children.append([ref for ref in refs if ref.ReferenceTypeId != _HAS_PROPERTY])
         return children
 
     async def _describe(self, client: Client, nodes: list[_Node]) -> None:
@@ -587,11 +639,11 @@ class _OpcUaReceiver(Receiver[Item]):
             present.append(node)
         nodes[:] = present
         try:
-            await self._read_units(client, [node for node in nodes if not node.unit])
+            await self._read_properties(client, nodes)
         except (ua.UaError, AttributeError, TypeError) as err:
-            # Units are a courtesy: a server that answers oddly still gets read.
+            # Units and ranges are a courtesy: a server that answers oddly still gets read.
             _LOGGER.warning(
-                "%s: EngineeringUnits not readable (%s); units left empty", self.label, err
+                "%s: EngineeringUnits and ranges not readable (%s); left out", self.label, err
             )
 
     async def _read(
@@ -602,39 +654,52 @@ class _OpcUaReceiver(Receiver[Item]):
             values += await client.uaclient.read_attributes(list(batch), attribute)
         return values
 
-    async def _read_units(self, client: Client, nodes: list[_Node]) -> None:
-        """Each node's EngineeringUnits property: its DisplayName becomes the unit."""
+    async def _read_properties(self, client: Client, nodes: list[_Node]) -> None:
+        """EngineeringUnits (its DisplayName becomes the unit unless configured),
+        InstrumentRange and EURange (passed on in `meta`) of every node."""
         # HasProperty, forward (asyncua's default IsInverse=True would lead upwards).
-        element = ua.RelativePathElement(
-            ReferenceTypeId=ua.NodeId(ua.Int32(ua.ObjectIds.HasProperty)),
-            IsInverse=False,  # type: ignore[arg-type]  # asyncua types it ua.Boolean
-            IncludeSubtypes=True,  # type: ignore[arg-type]
-            TargetName=ua.QualifiedName("EngineeringUnits", 0),
-        )
         paths = [
-            ua.BrowsePath(StartingNode=node.node_id, RelativePath=ua.RelativePath([element]))
+            ua.BrowsePath(
+                StartingNode=node.node_id,
+                RelativePath=ua.RelativePath(
+                    [
+                        ua.RelativePathElement(
+                            ReferenceTypeId=ua.NodeId(ua.Int32(ua.ObjectIds.HasProperty)),
+                            IsInverse=False,  # type: ignore[arg-type]  # typed ua.Boolean
+                            IncludeSubtypes=True,  # type: ignore[arg-type]
+                            TargetName=ua.QualifiedName(name, 0),
+                        )
+                    ]
+                ),
+            )
             for node in nodes
+            for name in _PROPERTIES
         ]
-        with_units: list[_Node] = []
+        found: list[tuple[_Node, str]] = []
         property_ids: list[ua.NodeId] = []
-        for batch_nodes, batch_paths in zip(
-            _chunks(nodes, self._operation_limit("MaxNodesPerRead")),
-            _chunks(paths, self._operation_limit("MaxNodesPerRead")),
-            strict=True,
-        ):
-            results = await client.uaclient.translate_browsepaths_to_nodeids(list(batch_paths))
-            for node, result in zip(batch_nodes, results, strict=True):
+        limit = self._operation_limit("MaxNodesPerRead")
+        for start in range(0, len(paths), limit):
+            results = await client.uaclient.translate_browsepaths_to_nodeids(
+                paths[start : start + limit]
+            )
+            for index, result in enumerate(results, start):
                 if result.StatusCode.is_good() and result.Targets:
                     target = result.Targets[0].TargetId
-                    with_units.append(node)
+                    node, name = (
+                        nodes[index // len(_PROPERTIES)],
+                        _PROPERTIES[index % len(_PROPERTIES)],
+                    )
+                    found.append((node, name))
                     property_ids.append(
                         ua.NodeId(target.Identifier, target.NamespaceIndex, target.NodeIdType)
                     )
         values = await self._read(client, property_ids, ua.AttributeIds.Value)
-        for node, value in zip(with_units, values, strict=True):
-            units = value.Value.Value if value.Value is not None else None
-            if isinstance(units, ua.EUInformation) and units.DisplayName.Text:
-                node.unit = units.DisplayName.Text
+        for (node, name), value in zip(found, values, strict=True):
+            content = value.Value.Value if value.Value is not None else None
+            if isinstance(content, ua.EUInformation) and content.DisplayName.Text:
+                node.unit = node.unit or content.DisplayName.Text
+            elif isinstance(content, ua.Range) and content.Low < content.High:
+                node.meta = {**node.meta, _RANGE_KEYS[name]: f"{content.Low:g}..{content.High:g}"}
 
     async def _read_limits(self, client: Client) -> dict[str, int]:
         names = ("MaxNodesPerRead", "MaxNodesPerBrowse", "MaxMonitoredItemsPerCall",
@@ -819,16 +884,23 @@ class _OpcUaReceiver(Receiver[Item]):
                         for item in notification.MonitoredItems
                     )
                     continue
+                seam = self._seam
                 for item in notification.MonitoredItems:
-                    self._on_value(item.ClientHandle, item.Value, received_at)
+                    handle = item.ClientHandle
+                    if not seam or handle not in seam:
+                        self._on_value(handle, item.Value, received_at)
+                    elif self._past_seam(handle, item.Value, received_at):
+                        self._on_value(handle, item.Value, received_at)
             elif isinstance(notification, ua.EventNotificationList):
                 for event in notification.Events:
                     self._on_event(event.ClientHandle, event.EventFields, received_at)
             elif isinstance(notification, ua.StatusChangeNotification):
                 code = notification.Status.value
-                if code >> 30 >= 2 and self._lost is not None:
+                lost = self._lost
+                # asyncua reports a lost link to the subscription as BadShutdown too.
+                if code >> 30 >= 2 and lost is not None and not lost.is_set():
                     _LOGGER.warning("%s: subscription status %s", self.label, status_name(code))
-                    self._lost.set()
+                    lost.set()
 
     def _ts(self, value: ua.DataValue, received_at: float) -> float:
         stamp = value.SourceTimestamp if self._config.timestamp == "source" else None
@@ -849,7 +921,7 @@ class _OpcUaReceiver(Receiver[Item]):
         try:
             number = _number(raw)
         except TypeError as err:
-            payload = json.dumps({"node_id": node.key, "value": repr(raw)[:200]})
+            payload = json.dumps({"node_id": node.key, "value": raw}, default=str)[:2000]
             return DeadLetter(
                 _SOURCE, self._config.name, Reason.WRONG_TYPE.value,
                 f"node {node.key} ({node.tag}): value is a {err}, not a number",
@@ -986,10 +1058,21 @@ class _OpcUaReceiver(Receiver[Item]):
                 )  # fmt: skip
             )
         held, self._held = self._held or [], None
-        last_ts = self._last_ts
         for handle, value, received_at in held:
-            if handle < len(last_ts) and self._ts(value, received_at) > last_ts[handle]:
+            if self._past_seam(handle, value, received_at):
                 self._on_value(handle, value, received_at)
+
+    def _past_seam(self, handle: int, value: ua.DataValue, received_at: float) -> bool:
+        """False for a live value the back-fill already gave (up to each node's first newer one).
+
+        Values the server wrote while the history was read come from both sides.
+        """
+        if handle >= len(self._last_ts):
+            return False
+        if self._ts(value, received_at) <= self._last_ts[handle]:
+            return False
+        self._seam.discard(handle)
+        return True
 
     async def _read_history(self, client: Client, starts: list[tuple[int, float]]) -> None:
         config = self._config
@@ -1031,18 +1114,21 @@ class _OpcUaReceiver(Receiver[Item]):
                             if result.StatusCode.is_good() and result.HistoryData is not None
                             else []
                         ) or []
-                        before = self._last_ts[handle]
                         await self._room()
                         received_at = time.time()
+                        page_end = start
                         for value in values:
-                            if self._ts(value, received_at) > self._last_ts[handle]:
+                            ts = self._ts(value, received_at)
+                            page_end = max(page_end, ts)
+                            if ts > self._last_ts[handle]:
                                 self._on_value(handle, value, received_at)
                                 filled += 1
                         if result.ContinuationPoint:
                             next_pending[handle] = (start, result.ContinuationPoint)
-                        elif len(values) >= per_read and self._last_ts[handle] > before:
-                            # A server that truncates without a continuation point.
-                            next_pending[handle] = (self._last_ts[handle], None)
+                        elif len(values) >= per_read and page_end + _TICK_SECONDS > start:
+                            # A server that truncates without a continuation point: on
+                            # from just after the page (StartTime is inclusive).
+                            next_pending[handle] = (page_end + _TICK_SECONDS, None)
                 pending = next_pending
         if filled:
             _LOGGER.info("%s: back-filled %d values from history", self.label, filled)

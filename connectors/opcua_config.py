@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 _DEFAULT_PUBLISHING_INTERVAL_MS = 500
-_DEFAULT_QUEUE_SIZE = 10
+_DEFAULT_QUEUE_SIZE = 100
 _DEFAULT_POLL_INTERVAL_SECONDS = 1.0
 _DEFAULT_MAX_BACKFILL_SECONDS = 3600.0
 _DEFAULT_BACKFILL_VALUES_PER_READ = 1000
@@ -71,7 +71,7 @@ _DEFAULT_APPLICATION_URI = "urn:glass-ingest:client"
 _SERVER_OBJECT = "i=2253"
 _OBJECTS_FOLDER = "i=85"
 _NODE_ID = re.compile(r"(ns=\d+;|nsu=[^;]+;)?[isgb]=.+", re.DOTALL)
-_OPC_ENDPOINT = re.compile(r"opc\.tcp://[^/:\s]+(:\d+)?(/\S*)?")
+_OPC_ENDPOINT = re.compile(r"opc\.tcp://(\[[0-9A-Fa-f:.]+\]|[^/:\s\[\]]+)(:\d+)?(/\S*)?")
 
 # The policies asyncua implements that are not deprecated by the OPC Foundation.
 SECURITY_POLICIES = ("None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
@@ -138,7 +138,9 @@ class OpcUaBrowse:
     (`Furnace/CrownTemp/Z2`). Patterns are globs over it: `*` within one level,
     `**` across levels (`**/PV`, `Forehearth/**`). The tag is the path in
     lower snake case joined by dots, after `tag_prefix` (`Furnace/CrownTemp/Z2`
-    -> `furnace.crown_temp.z2`). Browsing is re-run on every reconnect, so
+    -> `furnace.crown_temp.z2`; the prefix goes before it as it is, so end
+    it with a dot). A Variable with Variables below it (an S7 or CODESYS
+    struct) counts as a folder. Browsing is re-run on every reconnect, so
     nodes added on the server are picked up.
     """
 
@@ -189,10 +191,11 @@ class OpcUaSource(SourceBase):
     namespace_uri: str | None = None
     mode: Literal["subscription", "poll"] = "subscription"
     publishing_interval_ms: int = _DEFAULT_PUBLISHING_INTERVAL_MS
-    # None: the publishing interval (OPC UA's -1).
-    sampling_interval_ms: float | None = None
-    # Samples the server keeps per item between two publishes: > 1 so that
-    # sampling faster than publishing loses nothing.
+    # 0: every change the server sees (its fastest rate); None: the
+    # publishing interval (OPC UA's -1), which thins a faster signal.
+    sampling_interval_ms: float | None = 0.0
+    # Samples the server keeps per item between two publishes: enough for
+    # a signal sampled faster than it is published to lose nothing.
     queue_size: int = _DEFAULT_QUEUE_SIZE
     discard_oldest: bool = True
     trigger: Literal["status", "status_value", "status_value_timestamp"] = "status_value"
@@ -260,6 +263,11 @@ class OpcUaSource(SourceBase):
             errors += check_range(at("max_items_per_request"), self.max_items_per_request, 1)
         errors += check_range(at("receive_queue_size"), self.receive_queue_size, above=0)
         errors += check_credentials(path, self.username, self.password)
+        if self.username is not None and self.password is None:
+            errors.append(
+                f"{at('password')}: required with a username "
+                '(e.g. "password": "${OPCUA_PASSWORD}")'
+            )
         errors += self._check_security(path)
         return errors
 

@@ -35,6 +35,7 @@ from apache_beam import coders
 __all__ = [
     "Quality",
     "Reading",
+    "INSTRUMENT_RANGE",
     "DeadLetter",
     "Reason",
     "format_ts",
@@ -66,6 +67,8 @@ class Reading(NamedTuple):
     `ts` is the source timestamp in seconds since the Unix epoch (UTC) and is
     also the element's event timestamp; `value` is None when the source had no
     value (a bad-quality sample still says so rather than disappearing).
+    `meta` keys a source may set: `INSTRUMENT_RANGE` (`"0..1700"`, what the
+    instrument can report; validation uses it for a tag without a rule).
     """
 
     source: str
@@ -76,6 +79,9 @@ class Reading(NamedTuple):
     quality: str
     unit: str
     meta: Mapping[str, str]
+
+
+INSTRUMENT_RANGE = "instrument_range"
 
 
 class DeadLetter(NamedTuple):

@@ -98,7 +98,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -106,7 +106,15 @@ import orjson
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from records import DeadLetter, Quality, Reading, Reason, format_ts, reading_to_json
+from records import (
+    INSTRUMENT_RANGE,
+    DeadLetter,
+    Quality,
+    Reading,
+    Reason,
+    format_ts,
+    reading_to_json,
+)
 from transforms.validation_config import ContextRule, ValidationConfig, ValidationRule
 
 __all__ = [
@@ -191,6 +199,25 @@ def check_reading(reading: Reading, rule: ValidationRule | None) -> tuple[Reason
     if high_end is not None and value >= high_end - _tolerance(high_end):
         return _instrument_limit(tag, value, high_end)
     return None
+
+
+def source_rule(meta: Mapping[str, str]) -> ValidationRule | None:
+    """A rule from what the source itself says of a tag without a configured one.
+
+    An OPC UA node's `InstrumentRange` arrives as `meta["instrument_range"]`
+    (`"0..1700"`): what the instrument can report, so a value beyond it is
+    impossible (`out_of_range`). Its ends stay valid: a state tag's range is
+    its states, and only a configured rule can say a full-scale reading is a
+    burnout (`instrument_min`/`instrument_max`).
+    """
+    text = meta.get(INSTRUMENT_RANGE)
+    if text is None:
+        return None
+    low, _, high = text.partition("..")
+    try:
+        return ValidationRule(min=float(low), max=float(high))
+    except ValueError:
+        return None
 
 
 def _instrument_limit(tag: str, value: float, end: float) -> tuple[Reason, str]:
@@ -444,7 +471,7 @@ class ReadingValidator:
                     tags = found
                 state = tags.get(reading.tag)
                 if state is None:
-                    state = self._add_tag(tags, reading.tag)
+                    state = self._add_tag(tags, reading)
                 limits = state.limits
                 value = reading.value
                 if value is None or not limits.low < value < limits.high:
@@ -508,10 +535,11 @@ class ReadingValidator:
 
     # -- state ---------------------------------------------------------------
 
-    def _add_tag(self, tags: dict[str, _Tag], tag: str) -> _Tag:
+    def _add_tag(self, tags: dict[str, _Tag], first: Reading) -> _Tag:
         if self._tag_count >= self._config.max_tags:
             self._forget_oldest_tag()
-        rule = self._config.rule_for(tag)
+        tag = first.tag
+        rule = self._config.rule_for(tag) or source_rule(first.meta)
         limits = self._limits.get(rule)
         if limits is None:
             limits = self._limits[rule] = _Limits(rule)

@@ -158,7 +158,12 @@ def test_readings_carry_tags_units_source_timestamps_and_values(line: Line) -> N
     )
     crown = next(r for r in line.readings.records if r["tag"] == CROWN)
     assert (crown["device"], crown["unit"], crown["quality"]) == ("furnace", "°C", "good")
-    assert crown["meta"] == {"node_id": "nsu=urn:glassplant:sim;s=LineC.Furnace.CrownTemp.Z2"}
+    # InstrumentRange and EURange ride along; validation uses the first for tags without a rule.
+    assert crown["meta"] == {
+        "node_id": "nsu=urn:glassplant:sim;s=LineC.Furnace.CrownTemp.Z2",
+        "instrument_range": "0..1700",
+        "eu_range": "0..1700",
+    }
     produced = set(line.server_values(CROWN))
     assert line.kafka_values(CROWN) and set(line.kafka_values(CROWN)) <= produced
     key = next(m.key for m in line.readings.messages if m.value and CROWN.encode() in m.value)
@@ -346,3 +351,19 @@ def test_a_pipeline_crash_is_back_filled_from_the_committed_positions(line: Line
     missing = sorted(produced - set(line.kafka_values(CROWN)))
     assert missing == [], f"{len(missing)} of {len(produced)} samples missing, first {missing[:3]}"
     assert "back-filled" in line.pipeline.log_tail(400)
+
+
+def test_a_value_beyond_the_servers_instrument_range_is_dead_lettered(line: Line) -> None:
+    # The test config has no validation rules: the limits come from the node's InstrumentRange.
+    tag = "furnace.crown_temp_z1"
+    line.server.fault("step", tag, 5, 500.0)
+
+    def beyond() -> list[dict[str, Any]]:
+        return [
+            d
+            for d in line.dead_letter.records
+            if d["reason"] == "out_of_range" and tag in d["detail"]
+        ]
+
+    wait_until(beyond, timeout=60, step=line.poll_all, describe=line.pipeline.log_tail)
+    assert "above the hard limit 1700" in beyond()[0]["detail"]
