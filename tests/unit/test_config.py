@@ -195,7 +195,8 @@ def test_an_empty_file_gives_the_defaults() -> None:
             {"tag": "a", "address": 1, "zzz": 0},
             [
                 "r.zzz: unknown key (known keys: tag, address, table, type, scale, offset, "
-                "word_order, byte_order, unit)"
+                "word_order, byte_order, unit, order, bit, length, sentinels, poll_group, "
+                "deadband)"
             ],
         ),
         (
