@@ -33,18 +33,27 @@ A connector subclasses `Receiver` (`_receive(stop)`, the thread's body, and
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
+import apache_beam as beam
 from apache_beam import coders
-from apache_beam.io.unbounded_source import CheckpointMark, UnboundedReader
+from apache_beam.io.unbounded_source import (
+    CheckpointMark,
+    ReadFromUnboundedSource,
+    UnboundedReader,
+    UnboundedSource,
+)
 from apache_beam.utils.timestamp import Timestamp
+
+from records import Alert, AlertRule, Reading, Severity
 
 __all__ = [
     "READINGS",
@@ -59,6 +68,10 @@ __all__ = [
     "AckCheckpointMark",
     "AckCheckpointMarkCoder",
     "BatchCoder",
+    "SourcePacing",
+    "SplitRecords",
+    "flatten_outputs",
+    "source_alert",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -463,3 +476,79 @@ class PushReader(UnboundedReader, Generic[T]):
 
     def close(self) -> None:
         _release_receiver(self.source_key, self.reader_id)
+
+
+# -- what every source transform shares ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SourcePacing:
+    """How a source transform cuts its stream into elements and bundles.
+
+    `max_batch` records make one element (`PushReader`); a bundle ends after
+    `max_records_per_bundle` records (rounded to whole batches) or
+    `max_bundle_seconds`, and then commits; an idle source is asked again
+    after `poll_interval_seconds`; the watermark trails receive time by
+    `max_skew_seconds`.
+    """
+
+    max_skew_seconds: float
+    max_records_per_bundle: int
+    max_bundle_seconds: float
+    poll_interval_seconds: float
+    max_batch: int
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+
+    def read(self, source: UnboundedSource) -> ReadFromUnboundedSource:
+        return ReadFromUnboundedSource(
+            source,
+            poll_interval=self.poll_interval_seconds,
+            max_records_per_bundle=max(1, self.max_records_per_bundle // self.max_batch),
+            max_read_time_seconds=self.max_bundle_seconds,
+        )
+
+
+class SplitRecords(beam.DoFn):
+    """A drained batch -> one list of readings; each dead letter and alert on its own."""
+
+    def process(self, batch: list[Any]) -> Iterator[Any]:
+        readings = []
+        for item in batch:
+            kind = type(item)
+            if kind is Reading:
+                readings.append(item)
+            elif kind is Alert:
+                yield beam.pvalue.TaggedOutput(ALERTS, item)
+            else:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+        if readings:
+            yield readings
+
+
+def flatten_outputs(
+    outputs: dict[str, list[beam.PCollection]], label: str
+) -> dict[str, beam.PCollection]:
+    """Each output of several sources as one PCollection (ends a fused stage on Prism)."""
+    return {
+        name: (
+            collections[0]
+            if len(collections) == 1
+            else collections | f"Flatten{label}[{name}]" >> beam.Flatten()
+        )
+        for name, collections in outputs.items()
+    }
+
+
+def source_alert(
+    source: str, device: str, rule: AlertRule, state: str, start: float, end: float | None,
+    detail: str, *, tag: str = "", severity: Severity = Severity.ALARM,
+    meta: dict[str, str] | None = None,
+) -> Alert:  # fmt: skip
+    """An alert a connector raises about its own source (link, gaps, missing nodes)."""
+    return Alert(
+        source, device, tag, rule.value, severity.value, state, start, end, None, None, None,
+        detail, meta or {},
+    )  # fmt: skip

@@ -63,6 +63,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
@@ -75,7 +76,6 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam import coders
 from apache_beam.io.unbounded_source import (
-    ReadFromUnboundedSource,
     UnboundedReader,
     UnboundedSource,
 )
@@ -89,7 +89,11 @@ from connectors.base import (
     BatchCoder,
     PushReader,
     Receiver,
+    SourcePacing,
+    SplitRecords,
+    flatten_outputs,
     run_connection_loop,
+    source_alert,
 )
 from connectors.modbus_config import ModbusRegister, ModbusSource, register_count
 from records import CLEARED, RAISED, Alert, AlertRule, DeadLetter, Quality, Reading, Severity
@@ -340,14 +344,7 @@ def _plans(config: ModbusSource) -> Iterator[tuple[Any, str | None, list[ReadReq
 # -- alerts -----------------------------------------------------------------------
 
 
-def _source_alert(
-    device: str, rule: AlertRule, state: str, start: float, end: float | None, detail: str,
-    *, tag: str = "", severity: Severity = Severity.ALARM, meta: dict[str, str] | None = None,
-) -> Alert:  # fmt: skip
-    return Alert(
-        _SOURCE, device, tag, rule.value, severity.value, state, start, end, None, None, None,
-        detail, meta or {},
-    )  # fmt: skip
+_source_alert = functools.partial(source_alert, _SOURCE)
 
 
 # -- the receiver -----------------------------------------------------------------
@@ -889,23 +886,6 @@ class _ModbusUnboundedSource(UnboundedSource):
         return BatchCoder()
 
 
-class _SplitRecords(beam.DoFn):
-    """A drained batch -> one list of readings, and each dead letter and alert on its own."""
-
-    def process(self, batch: list[Item]) -> Iterator[Any]:
-        readings = []
-        for item in batch:
-            kind = type(item)
-            if kind is Reading:
-                readings.append(item)
-            elif kind is Alert:
-                yield beam.pvalue.TaggedOutput(ALERTS, item)
-            else:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
-        if readings:
-            yield readings
-
-
 class ReadFromModbus(beam.PTransform):
     """Polls Modbus endpoints; returns `{READINGS, DEAD_LETTER, ALERTS}`.
 
@@ -937,38 +917,29 @@ class ReadFromModbus(beam.PTransform):
         super().__init__()
         if not sources:
             raise ValueError("ReadFromModbus needs at least one source")
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._sources = tuple(sources)
-        self._max_skew_seconds = max_skew_seconds
-        self._max_batches_per_bundle = max(1, max_records_per_bundle // max_batch)
-        self._max_bundle_seconds = max_bundle_seconds
-        self._poll_interval_seconds = poll_interval_seconds
-        self._max_batch = max_batch
+        self._pacing = SourcePacing(
+            max_skew_seconds,
+            max_records_per_bundle,
+            max_bundle_seconds,
+            poll_interval_seconds,
+            max_batch,
+        )
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         outputs: dict[str, list[beam.PCollection]] = {READINGS: [], DEAD_LETTER: [], ALERTS: []}
         for config in self._sources:
             source = _ModbusUnboundedSource(
-                config, max_batch=self._max_batch, max_skew_seconds=self._max_skew_seconds
+                config,
+                max_batch=self._pacing.max_batch,
+                max_skew_seconds=self._pacing.max_skew_seconds,
             )
             split = (
                 pbegin
-                | f"ReadModbus[{config.name}]"
-                >> ReadFromUnboundedSource(
-                    source,
-                    poll_interval=self._poll_interval_seconds,
-                    max_records_per_bundle=self._max_batches_per_bundle,
-                    max_read_time_seconds=self._max_bundle_seconds,
-                )
+                | f"ReadModbus[{config.name}]" >> self._pacing.read(source)
                 | f"SplitModbus[{config.name}]"
-                >> beam.ParDo(_SplitRecords()).with_outputs(DEAD_LETTER, ALERTS, main=READINGS)
+                >> beam.ParDo(SplitRecords()).with_outputs(DEAD_LETTER, ALERTS, main=READINGS)
             )
             for name, collections in outputs.items():
                 collections.append(split[name])
-        if len(self._sources) == 1:
-            return {name: collections[0] for name, collections in outputs.items()}
-        return {
-            name: collections | f"FlattenModbus[{name}]" >> beam.Flatten()
-            for name, collections in outputs.items()
-        }
+        return flatten_outputs(outputs, "Modbus")

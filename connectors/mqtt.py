@@ -55,7 +55,6 @@ import orjson
 import paho.mqtt.client as mqtt
 from apache_beam import coders
 from apache_beam.io.unbounded_source import (
-    ReadFromUnboundedSource,
     UnboundedReader,
     UnboundedSource,
 )
@@ -71,6 +70,8 @@ from connectors.base import (
     BatchCoder,
     PushReader,
     Receiver,
+    SourcePacing,
+    flatten_outputs,
     run_connection_loop,
 )
 from connectors.mqtt_config import MqttSource
@@ -457,8 +458,6 @@ class ReadFromMqtt(beam.PTransform):
         super().__init__()
         if not sources:
             raise ValueError("ReadFromMqtt needs at least one source")
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._sources = tuple(sources)
         for source in self._sources:
             if source.qos == 2:
@@ -467,35 +466,28 @@ class ReadFromMqtt(beam.PTransform):
                     "pipeline commits it, so a crash can lose it; use QoS 1 for no loss",
                     source.name,
                 )
-        self._max_skew_seconds = max_skew_seconds
-        self._max_batches_per_bundle = max(1, max_records_per_bundle // max_batch)
-        self._max_bundle_seconds = max_bundle_seconds
-        self._poll_interval_seconds = poll_interval_seconds
-        self._max_batch = max_batch
+        self._pacing = SourcePacing(
+            max_skew_seconds,
+            max_records_per_bundle,
+            max_bundle_seconds,
+            poll_interval_seconds,
+            max_batch,
+        )
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        readings, dead_letter = [], []
+        outputs: dict[str, list[beam.PCollection]] = {READINGS: [], DEAD_LETTER: []}
         for config in self._sources:
             source = _MqttUnboundedSource(
-                config, max_batch=self._max_batch, max_skew_seconds=self._max_skew_seconds
+                config,
+                max_batch=self._pacing.max_batch,
+                max_skew_seconds=self._pacing.max_skew_seconds,
             )
-            outputs = (
+            parsed = (
                 pbegin
-                | f"ReadMqtt[{config.name}]"
-                >> ReadFromUnboundedSource(
-                    source,
-                    poll_interval=self._poll_interval_seconds,
-                    max_records_per_bundle=self._max_batches_per_bundle,
-                    max_read_time_seconds=self._max_bundle_seconds,
-                )
+                | f"ReadMqtt[{config.name}]" >> self._pacing.read(source)
                 | f"ParseMqtt[{config.name}]"
                 >> beam.ParDo(_ParseMessages(config)).with_outputs(DEAD_LETTER, main=READINGS)
             )
-            readings.append(outputs[READINGS])
-            dead_letter.append(outputs[DEAD_LETTER])
-        if len(self._sources) == 1:
-            return {READINGS: readings[0], DEAD_LETTER: dead_letter[0]}
-        return {
-            READINGS: readings | "FlattenMqttReadings" >> beam.Flatten(),
-            DEAD_LETTER: dead_letter | "FlattenMqttDeadLetter" >> beam.Flatten(),
-        }
+            for name, collections in outputs.items():
+                collections.append(parsed[name])
+        return flatten_outputs(outputs, "Mqtt")

@@ -63,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import fnmatch
+import functools
 import itertools
 import json
 import logging
@@ -79,7 +80,6 @@ import apache_beam as beam
 from apache_beam import coders
 from apache_beam.io.unbounded_source import (
     CheckpointMark,
-    ReadFromUnboundedSource,
     UnboundedReader,
     UnboundedSource,
 )
@@ -97,8 +97,12 @@ from connectors.base import (
     BatchCoder,
     PushReader,
     Receiver,
+    SourcePacing,
+    SplitRecords,
+    flatten_outputs,
     live_receiver,
     run_connection_loop,
+    source_alert,
 )
 from connectors.opcua_config import OpcUaBrowse, OpcUaSource
 from records import (
@@ -300,14 +304,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _source_alert(
-    device: str, rule: AlertRule, state: str, start: float, end: float | None, detail: str,
-    *, tag: str = "", severity: Severity = Severity.ALARM, meta: dict[str, str] | None = None,
-) -> Alert:  # fmt: skip
-    return Alert(
-        _SOURCE, device, tag, rule.value, severity.value, state, start, end, None, None, None,
-        detail, meta or {},
-    )  # fmt: skip
+_source_alert = functools.partial(source_alert, _SOURCE)
 
 
 def _alert_pair(
@@ -1282,23 +1279,6 @@ class _OpcUaUnboundedSource(UnboundedSource):
         return BatchCoder()
 
 
-class _SplitRecords(beam.DoFn):
-    """A drained batch -> one list of readings, and each dead letter and alert on its own."""
-
-    def process(self, batch: list[Item]) -> Iterator[Any]:
-        readings = []
-        for item in batch:
-            kind = type(item)
-            if kind is Reading:
-                readings.append(item)
-            elif kind is Alert:
-                yield beam.pvalue.TaggedOutput(ALERTS, item)
-            else:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
-        if readings:
-            yield readings
-
-
 class ReadFromOpcUa(beam.PTransform):
     """Reads readings from OPC UA servers; returns `{READINGS, DEAD_LETTER, ALERTS}`.
 
@@ -1332,38 +1312,29 @@ class ReadFromOpcUa(beam.PTransform):
         super().__init__()
         if not sources:
             raise ValueError("ReadFromOpcUa needs at least one source")
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self._sources = tuple(sources)
-        self._max_skew_seconds = max_skew_seconds
-        self._max_batches_per_bundle = max(1, max_records_per_bundle // max_batch)
-        self._max_bundle_seconds = max_bundle_seconds
-        self._poll_interval_seconds = poll_interval_seconds
-        self._max_batch = max_batch
+        self._pacing = SourcePacing(
+            max_skew_seconds,
+            max_records_per_bundle,
+            max_bundle_seconds,
+            poll_interval_seconds,
+            max_batch,
+        )
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         outputs: dict[str, list[beam.PCollection]] = {READINGS: [], DEAD_LETTER: [], ALERTS: []}
         for config in self._sources:
             source = _OpcUaUnboundedSource(
-                config, max_batch=self._max_batch, max_skew_seconds=self._max_skew_seconds
+                config,
+                max_batch=self._pacing.max_batch,
+                max_skew_seconds=self._pacing.max_skew_seconds,
             )
             split = (
                 pbegin
-                | f"ReadOpcUa[{config.name}]"
-                >> ReadFromUnboundedSource(
-                    source,
-                    poll_interval=self._poll_interval_seconds,
-                    max_records_per_bundle=self._max_batches_per_bundle,
-                    max_read_time_seconds=self._max_bundle_seconds,
-                )
+                | f"ReadOpcUa[{config.name}]" >> self._pacing.read(source)
                 | f"SplitOpcUa[{config.name}]"
-                >> beam.ParDo(_SplitRecords()).with_outputs(DEAD_LETTER, ALERTS, main=READINGS)
+                >> beam.ParDo(SplitRecords()).with_outputs(DEAD_LETTER, ALERTS, main=READINGS)
             )
             for name, collections in outputs.items():
                 collections.append(split[name])
-        if len(self._sources) == 1:
-            return {name: collections[0] for name, collections in outputs.items()}
-        return {
-            name: collections | f"FlattenOpcUa[{name}]" >> beam.Flatten()
-            for name, collections in outputs.items()
-        }
+        return flatten_outputs(outputs, "OpcUa")
