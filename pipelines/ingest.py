@@ -1,6 +1,6 @@
 """Assemble the ingestion pipeline from a validated config.
 
-Per source (MQTT, OPC UA): read -> ValidateReadings -> Kafka
+Per source (OPC UA, Modbus, MQTT): read -> ValidateReadings -> Kafka
 (`kafka.topics.readings`); its dead letters (from the decoder and from
 validation) -> Kafka (`kafka.topics.dead_letter`); the connector's own alerts
 (an OPC UA link lost, a gap it could not back-fill, a server event) -> Kafka
@@ -32,6 +32,7 @@ from apache_beam.transforms import window
 
 from connectors.base import ALERTS, DEAD_LETTER, READINGS
 from connectors.kafka import WriteToKafka
+from connectors.modbus import ReadFromModbus
 from connectors.mqtt import ReadFromMqtt
 from connectors.opcua import ReadFromOpcUa
 from pipelines.config import DataIngestionConfig
@@ -49,7 +50,7 @@ def unsupported_sources(config: DataIngestionConfig) -> list[str]:
     sources = config.sources
     return [
         f"sources.{kind}[{index}] ({source.name}): the {kind} connector is not available yet"
-        for kind, declared in (("modbus", sources.modbus), ("camera", sources.camera))
+        for kind, declared in (("camera", sources.camera),)
         for index, source in enumerate(declared)
     ]
 
@@ -69,9 +70,11 @@ def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
     problems = unsupported_sources(config)
     if problems:
         raise ValueError("; ".join(problems))
-    if not config.sources.mqtt and not config.sources.opcua:
+    sources = config.sources
+    if not (sources.mqtt or sources.opcua or sources.modbus):
         raise ValueError(
-            "no sources configured: declare at least one under sources.mqtt or sources.opcua"
+            "no sources configured: declare at least one under sources.opcua, "
+            "sources.modbus or sources.mqtt"
         )
     # One validation state for every source: context windows are plant-wide
     # (a firing reversal read from one source suspends rules on another's tags).
@@ -107,6 +110,8 @@ def _readers(config: DataIngestionConfig) -> Iterator[tuple[str, beam.PTransform
         yield f"mqtt[{mqtt.name}]", ReadFromMqtt([mqtt], **pacing)
     for opcua in config.sources.opcua:
         yield f"opcua[{opcua.name}]", ReadFromOpcUa([opcua], **pacing)
+    for modbus in config.sources.modbus:
+        yield f"modbus[{modbus.name}]", ReadFromModbus([modbus], **pacing)
 
 
 def _source_chain(

@@ -32,19 +32,10 @@ def test_a_config_built_in_python_is_validated_like_a_file() -> None:
 
 def test_declared_sources_without_a_connector_are_refused() -> None:
     config = parse_config(
-        {
-            "sources": {
-                "modbus": [
-                    {
-                        "name": "forehearth",
-                        "registers": [{"tag": "forehearth.zone1_temp", "address": 1}],
-                    }
-                ]
-            }
-        }
+        {"sources": {"camera": [{"name": "mik1", "url": "http://127.0.0.1:8081/stream.mjpg"}]}}
     )
     with pytest.raises(ConfigError) as raised:
         DataIngestionSystem(config, beam_args=["--prism_location=/unused"]).initialize()
     assert raised.value.errors == [
-        "sources.modbus[0] (forehearth): the modbus connector is not available yet"
+        "sources.camera[0] (mik1): the camera connector is not available yet"
     ]
