@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import anomaly_accuracy, mqtt_to_kafka, opcua_to_kafka, transforms
+from benchmarks import anomaly_accuracy, modbus_to_kafka, mqtt_to_kafka, opcua_to_kafka, transforms
 
 _BENCHMARKS = {
     "mqtt_to_kafka": mqtt_to_kafka.main,
     "opcua_to_kafka": opcua_to_kafka.main,
+    "modbus_to_kafka": modbus_to_kafka.main,
     "transforms": transforms.main,
     "anomaly_accuracy": anomaly_accuracy.main,
 }
