@@ -1,16 +1,36 @@
-"""Small measuring tools shared by the benchmarks: CPU time of a process
-group, the machine's description, percentiles."""
+"""Small tools shared by the benchmarks: CPU time of a process group and of
+the machine, the machine's description, percentiles, child processes that die
+with the benchmark, and a topic's record count from its end offsets."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import platform
+import signal
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
-__all__ = ["group_cpu_seconds", "pid_cpu_seconds", "machine", "percentile"]
+from kafka import KafkaConsumer, TopicPartition
+
+__all__ = [
+    "group_cpu_seconds",
+    "pid_cpu_seconds",
+    "process_cpu_seconds",
+    "machine_busy_seconds",
+    "machine",
+    "percentile",
+    "die_with_parent",
+    "exit_on_sigterm",
+    "tail",
+    "TopicEnd",
+]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:
@@ -64,3 +84,60 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
+
+
+def machine_busy_seconds() -> float:
+    """CPU-seconds the whole machine spent busy since boot (all cores, /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
+
+
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when the benchmark process dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as err:
+        return f"({path}: {err})"
+
+
+class TopicEnd:
+    """Records in a topic so far, from its end offsets (costs no decoding)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._topic = topic
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False
+        )
+        self._partitions: list[TopicPartition] = []
+
+    def __call__(self) -> int:
+        if not self._partitions:
+            found = self._consumer.partitions_for_topic(self._topic)
+            if not found:
+                return 0
+            self._partitions = [TopicPartition(self._topic, p) for p in sorted(found)]
+        return int(sum(self._consumer.end_offsets(self._partitions).values()))
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@contextlib.contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every server and pipeline is stopped."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import functools
 import inspect
 import json
@@ -76,18 +75,26 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from kafka import KafkaConsumer, TopicPartition
 
-from benchmarks._measure import group_cpu_seconds, machine, pid_cpu_seconds
+from benchmarks._measure import (
+    TopicEnd,
+    die_with_parent,
+    exit_on_sigterm,
+    group_cpu_seconds,
+    machine,
+    machine_busy_seconds,
+    pid_cpu_seconds,
+    process_cpu_seconds,
+    tail,
+)
 from connectors.modbus import ALERTS, READINGS, ReadFromModbus, plan_reads, requests_per_poll
 from connectors.modbus_config import ModbusRegister, ModbusSource
 from data_ingestion import stack
@@ -109,8 +116,6 @@ _GOAL_CONNECTOR_RATIO = 0.8
 # beam-notes.md, "Raw client speeds": CPU per value, Modbus, 100 float32 per device.
 _TELEGRAF_US = {"100 ms polls": 16.0, "back to back, 8 devices": 4.4}
 _NOTES_PYMODBUS_US = {"100 ms polls": 13.0, "back to back, 8 devices": 2.6}
-_PR_SET_PDEATHSIG = 1
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- what is read -------------------------------------------------------------------
@@ -160,14 +165,6 @@ def _plan(source: ModbusSource) -> tuple[tuple[int, int], ...]:
 # -- measuring ------------------------------------------------------------------------
 
 
-def _machine_busy_seconds() -> float:
-    """CPU-seconds the whole machine spent busy since boot (all cores, /proc/stat)."""
-    with open("/proc/stat") as stat:
-        fields = [int(value) for value in stat.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal ...
-    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
-
-
 def _threads_cpu_seconds(pid: int) -> float:
     """CPU-seconds of the live threads of process `pid`, to the nanosecond (schedstat).
 
@@ -180,11 +177,6 @@ def _threads_cpu_seconds(pid: int) -> float:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
-
-
-def _own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 @dataclass(frozen=True)
@@ -217,8 +209,8 @@ def _sample(server: _Child, side: _Measured) -> _Sample:
         cpu={name: part() for name, part in side.parts.items()},
         server_requests=server.received(),
         server_cpu=_threads_cpu_seconds(server.pid),
-        machine_busy=_machine_busy_seconds(),
-        own_cpu=_own_cpu_seconds(),
+        machine_busy=machine_busy_seconds(),
+        own_cpu=process_cpu_seconds(),
     )
 
 
@@ -277,12 +269,6 @@ def _rates(first: _Sample, last: _Sample) -> dict[str, Any]:
 # -- child processes ------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the benchmark process dies, however it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class _Child:
     """A spawned child process in a process group of its own, killed as a group.
 
@@ -328,7 +314,7 @@ class _Child:
             return None
         return (
             f"child process {self.pid} exited with code {self._process.exitcode}; "
-            f"its log ends:\n{_tail(self.log_path)}"
+            f"its log ends:\n{tail(self.log_path)}"
         )
 
     def python_cpu(self) -> float:
@@ -349,7 +335,7 @@ class _Child:
 def _child_setup(log_path: str) -> None:
     """In a child: its own process group, dies with the benchmark, logs to `log_path`."""
     os.setsid()
-    _die_with_parent()
+    die_with_parent()
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 2)  # tracebacks too
     os.close(log)
@@ -358,13 +344,6 @@ def _child_setup(log_path: str) -> None:
     )
     for name in ("apache_beam", "PrismRunner", "pymodbus"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as err:
-        return f"({path}: {err})"
 
 
 def _free_ports(count: int) -> list[int]:
@@ -675,28 +654,6 @@ def pipeline_refusal(settings: _Settings) -> str | None:
     return "; ".join(problems[:2]) if problems else None
 
 
-class _TopicEnd:
-    """Records in a topic so far, from its end offsets (costs no decoding)."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self._topic = topic
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False
-        )
-        self._partitions: list[TopicPartition] = []
-
-    def __call__(self) -> int:
-        if not self._partitions:
-            found = self._consumer.partitions_for_topic(self._topic)
-            if not found:
-                return 0
-            self._partitions = [TopicPartition(self._topic, p) for p in sorted(found)]
-        return int(sum(self._consumer.end_offsets(self._partitions).values()))
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
 def pipeline_run(
     settings: _Settings, devices: _Devices, interval_ms: float, kafka: str
 ) -> dict[str, Any]:
@@ -707,8 +664,8 @@ def pipeline_run(
     path.write_text(json.dumps(config, indent=2))
     log_path = settings.workdir / f"pipeline-{interval_ms:g}ms.log"
     process = PipelineProcess(path, settings.prism, log_path)
-    readings = _TopicEnd(kafka, topics["readings"])
-    alerts = _TopicEnd(kafka, topics["alerts"])
+    readings = TopicEnd(kafka, topics["readings"])
+    alerts = TopicEnd(kafka, topics["alerts"])
     process.start()
     assert process.process is not None
     pgid = process.process.pid
@@ -860,20 +817,6 @@ def _intervals(text: str) -> list[float]:
     return values
 
 
-@contextlib.contextmanager
-def _exit_on_sigterm() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so every server and pipeline is stopped."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _report(label: str, result: dict[str, Any]) -> None:
     print(f"{label}: {json.dumps(result)}", flush=True)
 
@@ -931,7 +874,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[list[Any]] = []
     notes: list[str] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-modbus-") as tmp, _exit_on_sigterm():
+    with tempfile.TemporaryDirectory(prefix="bench-modbus-") as tmp, exit_on_sigterm():
         settings = _Settings(
             devices=args.devices,
             values=args.values,

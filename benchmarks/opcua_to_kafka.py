@@ -57,8 +57,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
 import json
 import logging
 import math
@@ -73,15 +71,24 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from types import FrameType
 from typing import IO, Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from asyncua import Client, ua
-from kafka import KafkaConsumer, TopicPartition
 
-from benchmarks._measure import group_cpu_seconds, machine, percentile, pid_cpu_seconds
+from benchmarks._measure import (
+    TopicEnd,
+    die_with_parent,
+    exit_on_sigterm,
+    group_cpu_seconds,
+    machine,
+    machine_busy_seconds,
+    percentile,
+    pid_cpu_seconds,
+    process_cpu_seconds,
+    tail,
+)
 from connectors.opcua import READINGS, ReadFromOpcUa
 from connectors.opcua_config import OpcUaBrowse, OpcUaSource
 from data_ingestion import stack
@@ -109,24 +116,9 @@ _BENCH_ROOT = f"nsu={NAMESPACE_URI};s=Bench"
 _SERVER_CEILING_PER_SECOND = 10_000
 _GOAL_CONNECTOR_RATIO = 0.8
 _GOAL_END_TO_END_PER_SECOND = 100_000
-_PR_SET_PDEATHSIG = 1
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- measuring ------------------------------------------------------------------
-
-
-def _machine_busy_seconds() -> float:
-    """CPU-seconds the whole machine spent busy since boot (all cores, /proc/stat)."""
-    with open("/proc/stat") as stat:
-        fields = [int(value) for value in stat.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal ...
-    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
-
-
-def _own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 @dataclass(frozen=True)
@@ -181,8 +173,8 @@ def _sample(
         cpu={name: part() for name, part in parts.items()},
         server_writes=server.writes(),
         server_cpu=server.cpu_seconds(),
-        machine_busy=_machine_busy_seconds(),
-        own_cpu=_own_cpu_seconds(),
+        machine_busy=machine_busy_seconds(),
+        own_cpu=process_cpu_seconds(),
     )
 
 
@@ -254,12 +246,6 @@ def _rates(first: _Sample, last: _Sample) -> dict[str, Any]:
 # -- child processes ---------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the benchmark process dies, however it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class _Child:
     """A spawned child process in a process group of its own, killed as a group.
 
@@ -299,7 +285,7 @@ class _Child:
             return None
         return (
             f"child process {self.pid} exited with code {self._process.exitcode}; "
-            f"its log ends:\n{_tail(self.log_path)}"
+            f"its log ends:\n{tail(self.log_path)}"
         )
 
     def python_cpu(self) -> float:
@@ -312,7 +298,7 @@ class _Child:
 def _child_setup(log_path: str) -> None:
     """In a child: its own process group, dies with the benchmark, logs to `log_path`."""
     os.setsid()
-    _die_with_parent()
+    die_with_parent()
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 2)  # tracebacks too
     os.close(log)
@@ -325,13 +311,6 @@ def _child_setup(log_path: str) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("asyncua.client.client", "connectors"):
         logging.getLogger(name).setLevel(logging.DEBUG)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as err:
-        return f"({path}: {err})"
 
 
 # How a lost OPC UA link shows in the logs: asyncua's supervisor (its health
@@ -576,28 +555,6 @@ def _pipeline_config(
     return config, topics
 
 
-class _TopicEnd:
-    """Records in a topic so far, from its end offsets (costs no decoding)."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self._topic = topic
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False
-        )
-        self._partitions: list[TopicPartition] = []
-
-    def __call__(self) -> int:
-        if not self._partitions:
-            found = self._consumer.partitions_for_topic(self._topic)
-            if not found:
-                return 0
-            self._partitions = [TopicPartition(self._topic, p) for p in sorted(found)]
-        return int(sum(self._consumer.end_offsets(self._partitions).values()))
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
 class _Latency:
     """Consumer receive time minus each reading's source `ts`, from the window's start."""
 
@@ -650,7 +607,7 @@ def pipeline_run(
         path.write_text(json.dumps(config, indent=2))
         log_path = settings.workdir / f"pipeline-{items}-{label}.log"
         process = PipelineProcess(path, settings.prism, log_path)
-        count = _TopicEnd(settings.kafka, topics["readings"])
+        count = TopicEnd(settings.kafka, topics["readings"])
         watch = _Latency(settings.kafka, topics["readings"]) if latency else None
         process.start()
         assert process.process is not None
@@ -797,20 +754,6 @@ def _item_counts(text: str) -> list[int]:
     return counts
 
 
-@contextlib.contextmanager
-def _exit_on_sigterm() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so every server and pipeline is stopped."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument(
@@ -880,7 +823,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     rows: list[list[Any]] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-opcua-") as tmp, _exit_on_sigterm():
+    with tempfile.TemporaryDirectory(prefix="bench-opcua-") as tmp, exit_on_sigterm():
         settings = _Settings(
             change_rate_hz=args.change_rate_hz,
             publishing_interval_ms=args.publishing_interval_ms,
