@@ -26,12 +26,17 @@ protocol client; this module holds what they have in common:
   mark from an older connection acknowledges nothing (the broker redelivers
   those messages instead: at-least-once).
 
+A polled source (nothing upstream replays it) gives its receiver a `Spool`:
+what the full buffer cannot take goes to disk in order, is handed out once the
+buffer is empty, and is deleted when the bundle that carried it is committed.
+
 A connector subclasses `Receiver` (`_receive(stop)`, the thread's body, and
 `_acknowledge(generation, handles)`) and builds a `PushReader` with a factory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import itertools
@@ -53,6 +58,7 @@ from apache_beam.io.unbounded_source import (
 )
 from apache_beam.utils.timestamp import Timestamp
 
+from connectors.spool import Entry, Spool
 from records import Alert, AlertRule, Reading, Severity
 
 __all__ = [
@@ -85,6 +91,7 @@ _DEFAULT_BACKOFF_INITIAL_SECONDS = 0.5
 _DEFAULT_BACKOFF_MAX_SECONDS = 30.0
 _DEFAULT_MAX_BATCH = 1000
 _PUT_WAIT_SECONDS = 0.2
+_ROOM_WAIT_SECONDS = 0.05
 
 T = TypeVar("T")
 
@@ -232,14 +239,23 @@ class Receiver(Generic[T]):
     `self._deliver(item, received_at, handle)` per item (`handle` is what
     `_acknowledge` needs later, None for nothing to acknowledge) and
     `self._new_generation()` on each new connection.
+
+    With a `spool`, `_deliver_nowait` never lets the buffer grow past its
+    capacity: from the first item that finds it full until the reader has
+    taken everything spooled, items go to the spool (one row per event-loop
+    step), so their order is kept.
     """
 
-    def __init__(self, label: str, *, buffer_capacity: int = 100_000) -> None:
+    def __init__(
+        self, label: str, *, buffer_capacity: int = 100_000, spool: Spool | None = None
+    ) -> None:
         self.label = label
         self.buffer: ReceiveBuffer[tuple[T, float, Any, int]] = ReceiveBuffer(buffer_capacity)
+        self.spool = spool
         self.generation = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outbox: list[Entry] = []
 
     def _receive(self, stop: threading.Event) -> None:
         raise NotImplementedError
@@ -257,7 +273,28 @@ class Receiver(Generic[T]):
         return self.buffer.put((item, received_at, handle, self.generation), self._stop)
 
     def _deliver_nowait(self, item: T, received_at: float, handle: Any = None) -> None:
-        self.buffer.put_nowait((item, received_at, handle, self.generation))
+        spool = self.spool
+        if spool is None or not (self._outbox or spool.unread or self.buffer.full):
+            self.buffer.put_nowait((item, received_at, handle, self.generation))
+            return
+        # Spooled items are released by row after the commit, not acknowledged upstream.
+        assert handle is None, "a spool is for sources with nothing to acknowledge"
+        self._outbox.append((item, received_at))
+        if len(self._outbox) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush_outbox)
+            except RuntimeError:  # not on an event loop: nothing to batch with
+                self._flush_outbox()
+
+    def _flush_outbox(self) -> None:
+        entries, self._outbox = self._outbox, []
+        if entries and self.spool is not None:
+            self.spool.append(entries)
+
+    async def _room(self) -> None:
+        """Waits, without blocking the event loop, while the buffer is full and unspooled."""
+        while self.buffer.full and self.spool is None and not self._stop.is_set():
+            await asyncio.sleep(_ROOM_WAIT_SECONDS)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -269,6 +306,10 @@ class Receiver(Generic[T]):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.spool is not None:
+            # A flush scheduled on the event loop that just ended never ran.
+            self._flush_outbox()
+            self.spool.close()
 
     @property
     def stopped(self) -> bool:
@@ -316,13 +357,21 @@ class AckCheckpointMark(CheckpointMark):
     `generation` names the connection the handles belong to: handles of an
     older connection are meaningless on a new one (an MQTT packet id may have
     been reused) and are skipped; the broker redelivers those messages.
+    `spooled` are the spool rows the bundle carried: deleted from the spool.
     Idempotent: a second finalize acknowledges nothing.
     """
 
-    def __init__(self, source_key: str, generation: int, handles: Sequence[Any]) -> None:
+    def __init__(
+        self,
+        source_key: str,
+        generation: int,
+        handles: Sequence[Any],
+        spooled: Sequence[int] = (),
+    ) -> None:
         self.source_key = source_key
         self.generation = generation
         self.handles = tuple(handles)
+        self.spooled = tuple(spooled)
         self._finalized = False
 
     def finalize_checkpoint(self) -> None:
@@ -330,24 +379,26 @@ class AckCheckpointMark(CheckpointMark):
             return
         self._finalized = True
         receiver = _RECEIVERS.get(self.source_key)
-        if receiver is not None and self.handles:
+        if receiver is None:
+            return
+        if self.handles:
             receiver._acknowledge(self.generation, self.handles)
+        if self.spooled and receiver.spool is not None:
+            receiver.spool.release(self.spooled)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.source_key, self.generation, self.handles, self.spooled)
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, AckCheckpointMark)
-            and other.source_key == self.source_key
-            and other.generation == self.generation
-            and other.handles == self.handles
-        )
+        return isinstance(other, AckCheckpointMark) and other._key() == self._key()
 
     def __hash__(self) -> int:
-        return hash((self.source_key, self.generation, self.handles))
+        return hash(self._key())
 
     def __repr__(self) -> str:
         return (
             f"AckCheckpointMark({self.source_key}, gen={self.generation}, "
-            f"{len(self.handles)} handles)"
+            f"{len(self.handles)} handles, {len(self.spooled)} spooled)"
         )
 
 
@@ -359,15 +410,18 @@ class AckCheckpointMarkCoder(coders.Coder):
             coders.StrUtf8Coder(),
             coders.VarIntCoder(),
             coders.IterableCoder(coders.FastPrimitivesCoder()),
+            coders.IterableCoder(coders.VarIntCoder()),
         )
     )
 
     def encode(self, value: AckCheckpointMark) -> bytes:
-        return self._tuple.encode((value.source_key, value.generation, value.handles))
+        return self._tuple.encode(
+            (value.source_key, value.generation, value.handles, value.spooled)
+        )
 
     def decode(self, encoded: bytes) -> AckCheckpointMark:
-        source_key, generation, handles = self._tuple.decode(encoded)
-        return AckCheckpointMark(source_key, generation, list(handles))
+        source_key, generation, handles, spooled = self._tuple.decode(encoded)
+        return AckCheckpointMark(source_key, generation, list(handles), list(spooled))
 
     def is_deterministic(self) -> bool:
         return True
@@ -430,6 +484,7 @@ class PushReader(UnboundedReader, Generic[T]):
         self._current_ts = 0.0
         self._unacked: list[Any] = []
         self._unacked_generation = 0
+        self._spooled: list[int] = []
 
     @property
     def receiver(self) -> Receiver[T]:
@@ -441,9 +496,12 @@ class PushReader(UnboundedReader, Generic[T]):
         return self.advance()
 
     def advance(self) -> bool:
-        drained = self.receiver.buffer.drain(self._max_batch)
+        receiver = self.receiver
+        drained = receiver.buffer.drain(self._max_batch)
         if not drained:
-            return False
+            # The buffer holds what came before anything spooled: it goes first.
+            spool = receiver.spool
+            return spool is not None and spool.unread > 0 and self._advance_spooled(spool)
         items = []
         for item, _, handle, generation in drained:
             items.append(item)
@@ -458,6 +516,15 @@ class PushReader(UnboundedReader, Generic[T]):
         self._current_ts = drained[0][1]
         return True
 
+    def _advance_spooled(self, spool: Spool) -> bool:
+        rows, entries = spool.read(self._max_batch)
+        self._spooled.extend(rows)
+        if not entries:
+            return False
+        self._current = [item for item, _ in entries]
+        self._current_ts = entries[0][1]
+        return True
+
     def get_current(self) -> list[T]:
         return self._current
 
@@ -465,14 +532,19 @@ class PushReader(UnboundedReader, Generic[T]):
         return Timestamp(self._current_ts)
 
     def get_watermark(self) -> Timestamp:
-        oldest = self.receiver.buffer.peek_oldest()
+        receiver = self.receiver
+        oldest = receiver.buffer.peek_oldest()
+        oldest_at = oldest[1] if oldest is not None else None
+        if oldest_at is None and receiver.spool is not None:
+            oldest_at = receiver.spool.oldest_unread_at()
         now = self._now()
-        horizon = now if oldest is None else min(oldest[1], now)
+        horizon = now if oldest_at is None else min(oldest_at, now)
         return Timestamp(horizon - self._max_skew)
 
     def get_checkpoint_mark(self) -> CheckpointMark:
         handles, self._unacked = self._unacked, []
-        return AckCheckpointMark(self.source_key, self._unacked_generation, handles)
+        spooled, self._spooled = self._spooled, []
+        return AckCheckpointMark(self.source_key, self._unacked_generation, handles, spooled)
 
     def close(self) -> None:
         _release_receiver(self.source_key, self.reader_id)

@@ -61,6 +61,7 @@ import functools
 import math
 from typing import Literal
 
+from connectors.spool import SpoolConfig
 from typed_config import SourceBase, check_name, check_range, check_unique, join_path
 
 __all__ = [
@@ -318,6 +319,9 @@ class ModbusSource(SourceBase):
     # With deadbands: a value is sent at least this often even when unchanged.
     deadband_heartbeat_seconds: float = _DEFAULT_DEADBAND_HEARTBEAT_SECONDS
     receive_queue_size: int = _DEFAULT_RECEIVE_QUEUE_SIZE
+    # Where polls go while the receive queue is full (Kafka down): None keeps
+    # them in memory only, and a full queue then skips polls (reported as gaps).
+    spool: SpoolConfig | None = None
 
     @property
     def all_units(self) -> tuple[ModbusUnit, ...]:

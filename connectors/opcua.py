@@ -105,6 +105,7 @@ from connectors.base import (
     source_alert,
 )
 from connectors.opcua_config import OpcUaBrowse, OpcUaSource
+from connectors.spool import Spool
 from records import (
     CLEARED,
     INSTRUMENT_RANGE,
@@ -139,7 +140,6 @@ _DEFAULT_MAX_BUNDLE_SECONDS = 1.0
 _DEFAULT_POLL_INTERVAL_SECONDS = 0.05
 _FALLBACK_OPERATION_LIMIT = 1000
 _SESSION_TIMEOUT_MS = 60_000
-_ROOM_WAIT_SECONDS = 0.05
 # The step past a page's last value when a server truncates without a
 # continuation point: a millisecond, since servers keep no finer times
 # (node-opcua's are JavaScript dates) and a finer step would read it again.
@@ -358,7 +358,11 @@ class _OpcUaReceiver(Receiver[Item]):
     """
 
     def __init__(self, config: OpcUaSource, resume_from: float | None) -> None:
-        super().__init__(f"opcua[{config.name}]", buffer_capacity=config.receive_queue_size)
+        super().__init__(
+            f"opcua[{config.name}]",
+            buffer_capacity=config.receive_queue_size,
+            spool=Spool(config.spool, _SOURCE, config.name) if config.spool else None,
+        )
         self._config = config
         self._positions = _PositionFile(config.position_file)
         self._committed: dict[str, float] = self._positions.load()
@@ -959,11 +963,6 @@ class _OpcUaReceiver(Receiver[Item]):
 
     def _emit(self, item: Item, received_at: float | None = None) -> None:
         self._deliver_nowait(item, time.time() if received_at is None else received_at)
-
-    async def _room(self) -> None:
-        """Waits, without blocking the event loop, until the receive buffer has room."""
-        while self.buffer.full and not self._stop.is_set():
-            await asyncio.sleep(_ROOM_WAIT_SECONDS)
 
     # -- polling
 

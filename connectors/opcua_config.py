@@ -35,6 +35,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from connectors.spool import SpoolConfig
 from typed_config import (
     SourceBase,
     check_credentials,
@@ -227,6 +228,9 @@ class OpcUaSource(SourceBase):
     # None: the server's advertised operation limits (1,000 if it gives none).
     max_items_per_request: int | None = None
     receive_queue_size: int = _DEFAULT_RECEIVE_QUEUE_SIZE
+    # Where values go while the receive queue is full (Kafka down), so that nodes
+    # without history lose nothing; None: the server's queues hold them meanwhile.
+    spool: SpoolConfig | None = None
 
     @property
     def secure(self) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from connectors.camera_config import CameraSource
@@ -111,6 +112,7 @@ class SourcesSection:
     def validate(self, path: str) -> list[str]:
         # Names label transforms, client ids and Kafka record `device`s: a clash mixes them.
         first: dict[str, str] = {}
+        spools: dict[str, str] = {}
         errors = []
         for kind, index, source in self.declared():
             where = join_path(join_path(path, kind), index)
@@ -120,6 +122,18 @@ class SourcesSection:
                     f"{first[source.name]} (source names must be unique across all kinds)"
                 )
             first.setdefault(source.name, where)
+            spool = getattr(source, "spool", None)
+            if spool is None:
+                continue
+            # One file holds one source's order; a second writer would interleave two.
+            resolved = str(Path(spool.path).resolve())
+            if resolved in spools:
+                at = join_path(join_path(where, "spool"), "path")
+                errors.append(
+                    f"{at}: {spool.path!r} is already the spool of {spools[resolved]} "
+                    "(give each source its own file)"
+                )
+            spools.setdefault(resolved, where)
         return errors
 
 

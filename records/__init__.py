@@ -178,6 +178,7 @@ class AlertRule(enum.StrEnum):
     # Raised by the connectors themselves:
     CONNECTION_LOST = "connection_lost"  # the source's server could not be reached
     DATA_GAP = "data_gap"  # an interval of a source's data that could not be back-filled
+    DATA_DROPPED = "data_dropped"  # received, then dropped: the spool was over its limits
     NODE_UNAVAILABLE = "node_unavailable"  # a configured node/register the device does not have
     SOURCE_EVENT = "source_event"  # an event or alarm the source itself reported
 
