@@ -10,9 +10,12 @@ upstream only after that (see `connectors.base.AckCheckpointMark`). The result
 is at-least-once end to end; keys (`device/tag`) and source timestamps are
 deterministic, so consumers can drop duplicates.
 
-A broker outage is retried inside the bundle (kafka-python retries until
-`delivery_timeout_seconds`; `send()` blocks while its buffer is full, which is
-backpressure on the source), then the bundle fails and the runner retries it.
+A broker outage holds the bundle: what was not delivered within
+`delivery_timeout_seconds` is sent again, for as long as the outage lasts
+(`send()` blocks while the producer's buffer is full: backpressure on the
+source, whose receive queue and spool take what arrives meanwhile). Only an
+error that sending again cannot mend (authorization, a record too large)
+fails the bundle.
 
 Record formats (ARCHITECTURE.md, "Records"): value = UTF-8 JSON, Kafka
 timestamp = source timestamp, headers `source` and `schema` (`reading/1`,
@@ -30,12 +33,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaTimeoutError, RetriableError, TopicAlreadyExistsError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 from connectors.kafka_config import KafkaSink
@@ -162,6 +165,9 @@ def producer_settings(config: KafkaSink) -> dict[str, Any]:
         "max_request_size": config.max_request_size_bytes,
         "delivery_timeout_ms": int(config.delivery_timeout_seconds * 1000),
         "max_block_ms": int(config.delivery_timeout_seconds * 1000),
+        # Topics are made by `ensure_topics` with their partitions, never by a
+        # send's metadata request with the broker's defaults.
+        "allow_auto_create_topics": False,
         # Per-record metric sensors cost more than the send itself here.
         "metrics_enabled": False,
         "partitioner": _KeyHashCache(),
@@ -270,57 +276,97 @@ def confluent_settings(config: KafkaSink) -> dict[str, Any]:
     return settings
 
 
+# One record as sent: (topic, encoded), so that an undelivered one can be sent again.
+_Outgoing = tuple[str, _Encoded]
+
+
+class _Undelivered(NamedTuple):
+    """What a flush could not deliver, and whether sending it again can help."""
+
+    records: list[_Outgoing]
+    first_error: object
+    retriable: bool
+
+
 class _KafkaPythonClient:
     """kafka-python 3: futures per record, checked after `flush()`."""
 
     def __init__(self, config: KafkaSink) -> None:
         self._producer = KafkaProducer(**producer_settings(config))
-        self._futures: list[Any] = []
+        self._in_flight: list[tuple[Any, _Outgoing]] = []
 
     def send(self, topic: str, records: Iterable[Any]) -> None:
-        send = self._producer.send
-        futures = self._futures
-        for record in records:
-            key, value, timestamp_ms, headers = _ENCODERS[type(record)](record)
-            futures.append(
-                send(topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms)
-            )
+        self.send_encoded((topic, _ENCODERS[type(record)](record)) for record in records)
 
-    def flush(self, timeout_seconds: float) -> tuple[int, int, object]:
-        """Waits for every record sent; returns (sent, failed, first error)."""
-        self._producer.flush(timeout=timeout_seconds)
-        futures, self._futures = self._futures, []
-        failed = [future for future in futures if not future.succeeded()]
-        first = (failed[0].exception or "not delivered in time") if failed else None
-        return len(futures), len(failed), first
+    def send_encoded(self, outgoing: Iterable[_Outgoing]) -> None:
+        send = self._producer.send
+        in_flight = self._in_flight
+        for record in outgoing:
+            topic, (key, value, timestamp_ms, headers) = record
+            while True:
+                try:
+                    future = send(
+                        topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms
+                    )
+                    break
+                except KafkaTimeoutError as err:
+                    # No metadata within max_block_ms: the cluster is unreachable.
+                    _LOGGER.warning("kafka[%s]: cannot send (%s); trying again", topic, err)
+            in_flight.append((future, record))
+
+    def flush(self, timeout_seconds: float) -> tuple[int, _Undelivered | None]:
+        """Waits for every record sent; returns (how many, what was not delivered)."""
+        try:
+            self._producer.flush(timeout=timeout_seconds)
+        except KafkaTimeoutError:
+            pass  # the futures say which records are still out
+        in_flight, self._in_flight = self._in_flight, []
+        failed = [(future, record) for future, record in in_flight if not future.succeeded()]
+        if not failed:
+            return len(in_flight), None
+        errors = [future.exception for future, _ in failed if future.is_done]
+        retriable = all(getattr(error, "retriable", False) for error in errors)
+        first = errors[0] if errors else "not delivered in time"
+        return len(in_flight), _Undelivered([record for _, record in failed], first, retriable)
 
     def close(self) -> None:
         self._producer.close(timeout=10)
 
 
 class _ConfluentClient:
-    """confluent-kafka (librdkafka): a delivery callback counts failures."""
+    """confluent-kafka (librdkafka): a delivery callback collects failures."""
+
+    # Local errors of a broker outage: sending again once it is back helps.
+    _OUTAGE_ERRORS = ("_MSG_TIMED_OUT", "_TRANSPORT", "_ALL_BROKERS_DOWN", "_TIMED_OUT")
 
     def __init__(self, config: KafkaSink) -> None:
         from confluent_kafka import Producer
 
         self._producer = Producer(confluent_settings(config))
         self._sent = 0
-        self._failed = 0
-        self._first_error: object = None
+        self._failed: list[_Outgoing] = []
+        self._first_error: Any = None
+        self._retriable = True
 
     def _on_delivery(self, error: Any, message: Any) -> None:
-        if error is not None:
-            self._failed += 1
-            if self._first_error is None:
-                self._first_error = error
+        if error is None:
+            return
+        headers = message.headers() or []
+        self._failed.append(
+            (message.topic(), (message.key(), message.value(), message.timestamp()[1], headers))
+        )
+        if self._first_error is None:
+            self._first_error = error
+        self._retriable &= error.retriable() or error.name() in self._OUTAGE_ERRORS
 
     def send(self, topic: str, records: Iterable[Any]) -> None:
+        self.send_encoded((topic, _ENCODERS[type(record)](record)) for record in records)
+
+    def send_encoded(self, outgoing: Iterable[_Outgoing]) -> None:
         produce = self._producer.produce
         on_delivery = self._on_delivery
         count = 0
-        for record in records:
-            key, value, timestamp_ms, headers = _ENCODERS[type(record)](record)
+        for topic, (key, value, timestamp_ms, headers) in outgoing:
             while True:
                 try:
                     produce(
@@ -340,13 +386,16 @@ class _ConfluentClient:
         self._sent += count
         self._producer.poll(0)
 
-    def flush(self, timeout_seconds: float) -> tuple[int, int, object]:
+    def flush(self, timeout_seconds: float) -> tuple[int, _Undelivered | None]:
+        # Records still queued after the timeout stay with librdkafka, which
+        # keeps sending them: the next flush waits for them again.
         remaining = self._producer.flush(timeout_seconds)
-        sent, failed, first = self._sent, self._failed + remaining, self._first_error
-        if remaining and first is None:
-            first = "not delivered in time"
-        self._sent, self._failed, self._first_error = 0, 0, None
-        return sent, failed, first
+        sent = self._sent
+        failed, first, retriable = self._failed, self._first_error, self._retriable
+        self._sent, self._failed, self._first_error, self._retriable = remaining, [], None, True
+        if not failed and not remaining:
+            return sent, None
+        return sent, _Undelivered(failed, first or "not delivered in time", retriable)
 
     def close(self) -> None:
         self._producer.flush(10)
@@ -358,25 +407,58 @@ class _WriteDoFn(beam.DoFn):
         self._topic = topic
         self._client: _KafkaPythonClient | _ConfluentClient | None = None
 
-    def setup(self) -> None:
-        if self._config.client == "confluent-kafka":
-            self._client = _ConfluentClient(self._config)
-        else:
-            self._client = _KafkaPythonClient(self._config)
+    def _connected(self) -> _KafkaPythonClient | _ConfluentClient:
+        """The producer, made at the first record, not in `setup`.
+
+        kafka-python's producer needs the cluster when it is made. Made in
+        `setup`, a pipeline started while Kafka is down would fail before its
+        sources ever ran; made here, the source has started and keeps reading
+        into its queue and spool while this waits.
+        """
+        while self._client is None:
+            try:
+                if self._config.client == "confluent-kafka":
+                    self._client = _ConfluentClient(self._config)
+                else:
+                    self._client = _KafkaPythonClient(self._config)
+            except RetriableError as err:
+                _LOGGER.warning("kafka[%s]: cannot connect (%s); trying again", self._topic, err)
+        return self._client
 
     def process(self, element: Any | list[Any]) -> None:
-        assert self._client is not None
-        self._client.send(self._topic, element if isinstance(element, list) else (element,))
+        self._connected().send(self._topic, element if isinstance(element, list) else (element,))
 
     def finish_bundle(self) -> None:
-        assert self._client is not None
-        sent, failed, first = self._client.flush(self._config.delivery_timeout_seconds)
-        if failed:
-            raise RuntimeError(
-                f"kafka[{self._topic}]: {failed} of {sent} records not delivered "
-                f"within {self._config.delivery_timeout_seconds} s ({first}); "
-                "the bundle fails so the runner retries it and sources do not acknowledge"
-            )
+        """Returns once Kafka has every record of the bundle.
+
+        A broker outage holds the bundle (sources keep receiving into their
+        queues and spools meanwhile) and sends what was not delivered again,
+        however long it lasts; an error that sending again cannot mend fails it.
+        """
+        client = self._client
+        if client is None:
+            return  # nothing was sent
+        timeout = self._config.delivery_timeout_seconds
+        held = 0.0
+        while True:
+            sent, undelivered = client.flush(timeout)
+            if undelivered is None:
+                if held:
+                    _LOGGER.warning("kafka[%s]: delivered again after %.0f s", self._topic, held)
+                return
+            if not undelivered.retriable:
+                raise RuntimeError(
+                    f"kafka[{self._topic}]: {len(undelivered.records)} of {sent} records "
+                    f"not delivered ({undelivered.first_error}); the bundle fails so that "
+                    "sources do not acknowledge"
+                )
+            held += timeout
+            _LOGGER.warning(
+                "kafka[%s]: %d record(s) not delivered for %.0f s (%s); holding the bundle "
+                "and sending them again", self._topic, len(undelivered.records), held,
+                undelivered.first_error,
+            )  # fmt: skip
+            client.send_encoded(undelivered.records)
 
     def teardown(self) -> None:
         if self._client is not None:

@@ -1,6 +1,7 @@
 """Run the ingestion pipeline until asked to stop.
 
-`run_until_stopped` creates the Kafka topics, submits the pipeline and blocks
+`run_until_stopped` creates the Kafka topics (at once, or in the background
+while Kafka does not answer), submits the pipeline and blocks
 until `stop` is set (the CLI sets it on SIGINT/SIGTERM) or the job ends; then
 it cancels the job. In-flight bundles that were not committed are not lost:
 their sources never acknowledged them, so the brokers redeliver on the next
@@ -17,13 +18,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 
 import apache_beam as beam
 import grpc
 from apache_beam.runners.runner import PipelineResult, PipelineState
+from kafka.errors import RetriableError
 
+from connectors.base import Backoff
 from connectors.kafka import ensure_topics
+from connectors.kafka_config import KafkaSink
 from pipelines.config import DataIngestionConfig
 from pipelines.ingest import build_ingest
 from pipelines.options import pipeline_options
@@ -35,10 +40,46 @@ _LOGGER = logging.getLogger(__name__)
 _POLL_SECONDS = 0.5
 
 
+# Kafka does not answer (yet): a timeout or a refused connection. Anything else
+# (a refused login, an untrusted certificate) fails the start.
+_UNREACHABLE = RetriableError
+
+
+def _ensure_topics_when_reachable(kafka: KafkaSink) -> None:
+    """Creates the topics now or, while Kafka does not answer, as soon as it does.
+
+    The sources must start with Kafka down: their queues and spools take what
+    they read meanwhile. The sinks never create a topic themselves, so they
+    wait until these exist with their configured partitions.
+    """
+    try:
+        ensure_topics(kafka)
+    except _UNREACHABLE as err:
+        _LOGGER.warning(
+            "kafka: %s does not answer (%s); starting anyway, the topics are created when "
+            "it does", kafka.bootstrap_servers, err,
+        )  # fmt: skip
+        threading.Thread(
+            target=_retry_ensure_topics, args=(kafka,), name="ensure-topics", daemon=True
+        ).start()
+
+
+def _retry_ensure_topics(kafka: KafkaSink) -> None:
+    backoff = Backoff(1.0, 30.0)
+    while True:
+        time.sleep(backoff.next_delay())
+        try:
+            ensure_topics(kafka)
+        except _UNREACHABLE:
+            continue
+        _LOGGER.info("kafka: %s answers; topics checked", kafka.bootstrap_servers)
+        return
+
+
 def start(config: DataIngestionConfig, beam_args: Sequence[str]) -> PipelineResult:
     """Builds and submits the pipeline; returns the running job."""
     if config.kafka.create_topics:
-        ensure_topics(config.kafka)
+        _ensure_topics_when_reachable(config.kafka)
     pipeline = beam.Pipeline(options=pipeline_options(config, beam_args))
     build_ingest(pipeline, config)
     sigint_handler = signal.getsignal(signal.SIGINT)

@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from kafka.errors import KafkaError
 
 from data_ingestion import stack
 
-__all__ = ["PrivateMosquitto"]
+__all__ = ["PrivateMosquitto", "PrivateStack"]
 
 _DEFAULT_HOST = "127.0.0.1"
 _DEFAULT_TOPIC_PARTITIONS = 1
@@ -128,6 +129,42 @@ def private_mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+class PrivateStack:
+    """A Kafka and Mosquitto of one test alone (its own `.stack` root), so it can kill them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ports = {"kafka_port": stack.free_port(), "mqtt_port": stack.free_port()}
+        self.kafka = stack.up(root=root, **self.ports)["kafka"]
+
+    @property
+    def mqtt_port(self) -> int:
+        return self.ports["mqtt_port"]
+
+    def kill_kafka(self) -> None:
+        """A broker crash: SIGKILL, then wait until it no longer answers."""
+        pid = stack.status(self.root)["kafka"]["pid"]
+        assert pid is not None, "the private Kafka is not running"
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while stack.kafka_answers(self.kafka, timeout_seconds=1):
+            assert time.monotonic() < deadline, "Kafka still answers a minute after SIGKILL"
+            time.sleep(0.5)
+
+    def start_kafka(self) -> None:
+        stack.up(root=self.root, **self.ports)  # only Kafka is down: only Kafka starts
+
+
+@pytest.fixture()
+def private_stack(tmp_path: Path) -> Iterator[PrivateStack]:
+    """A Kafka and Mosquitto this test may kill and restart."""
+    private = PrivateStack(tmp_path / "stack")
+    try:
+        yield private
+    finally:
+        stack.down(private.root)
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,11 @@ acknowledgements, and everything arrives once Kafka is back."""
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from data_ingestion import stack
 from data_ingestion.testing import (
     PipelineProcess,
     TopicReader,
@@ -19,6 +16,9 @@ from data_ingestion.testing import (
     recent_base_ms,
     wait_until,
 )
+
+if TYPE_CHECKING:
+    from conftest import PrivateStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,19 +32,10 @@ def _messages(start: int, count: int) -> list[tuple[str, bytes]]:
     ]
 
 
-@pytest.fixture()
-def private_kafka(tmp_path: Path) -> Any:
-    """A Kafka (and Mosquitto) of this test alone, so it can be stopped."""
-    root = tmp_path / "stack"
-    ports = {"kafka_port": stack.free_port(), "mqtt_port": stack.free_port()}
-    addresses = stack.up(root=root, **ports)
-    yield root, ports, addresses
-    stack.down(root)
-
-
-def test_kafka_outage_loses_nothing(tmp_path: Path, private_kafka: Any, prism_binary: Path) -> None:
-    root, ports, addresses = private_kafka
-    kafka, mqtt_port = addresses["kafka"], ports["mqtt_port"]
+def test_kafka_outage_loses_nothing(
+    tmp_path: Path, private_stack: PrivateStack, prism_binary: Path
+) -> None:
+    kafka, mqtt_port = private_stack.kafka, private_stack.mqtt_port
     config, topics = pipeline_config(tmp_path, kafka_bootstrap=kafka, mqtt_port=mqtt_port)
     process = PipelineProcess(config, prism_binary, tmp_path / "pipeline.log").start()
     try:
@@ -58,17 +49,14 @@ def test_kafka_outage_loses_nothing(tmp_path: Path, private_kafka: Any, prism_bi
         wait_until(lambda: len(reader.records) >= 500, timeout=120, step=lambda: reader.poll(500))
         reader.close()
 
-        kafka_pid = stack.status(root)["kafka"]["pid"]
-        assert kafka_pid is not None
-        os.kill(kafka_pid, signal.SIGKILL)  # a broker crash
-        wait_until(lambda: not stack.kafka_answers(kafka, timeout_seconds=1), timeout=60)
+        private_stack.kill_kafka()
         # Published while Kafka is down: the sink retries inside the bundle,
         # the source does not acknowledge, Mosquitto keeps the messages.
         publish(mqtt_port, _messages(500, 500))
         wait_until(
             lambda: "kafka" in process.log_tail(50).lower(), timeout=60, describe=process.log_tail
         )
-        stack.up(root=root, **ports)  # only Kafka was down: only Kafka starts
+        private_stack.start_kafka()
         publish(mqtt_port, _messages(1_000, 500))
 
         reader = TopicReader(kafka, topics["readings"])
