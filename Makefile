@@ -19,16 +19,18 @@ CONFIG ?= data_ingestion_config.json
 KAFKA_PORT ?= 9092
 MQTT_PORT ?= 1883
 
-.PHONY: help venv system-deps stack lint test demo bench down clean foreign-opcua
+.PHONY: help venv system-deps stack lint test demo bench down clean foreign-opcua foreign-modbus
 
 help:
 	@echo "make demo | test | lint | bench | stack | down | clean | venv | system-deps"
 
-# Mosquitto (and the venv module) come from apt; Java, Maven and Go are checked
-# only: Debian's Go is too old to build Prism.
+# Mosquitto, socat (the serial line of the Modbus RTU tests) and the venv module
+# come from apt; Java, Maven and Go are checked only: Debian's Go is too old to
+# build Prism.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v socat >/dev/null || missing="$$missing socat"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -69,7 +71,17 @@ foreign-opcua:
 	  npm ci --no-audit --no-fund && touch node_modules/.installed; \
 	fi
 
-test: stack foreign-opcua
+# The modbus-serial (Node.js) server of tests/integration/test_modbus_foreign_device.py
+# (the test skips without node); serialport, an optional native dependency, is left out.
+foreign-modbus:
+	@cd tests/foreign_modbus; \
+	if ! command -v npm >/dev/null; then \
+	  echo "foreign-modbus: npm is missing (without node the modbus-serial server test skips)"; \
+	elif [ ! -f node_modules/.installed ] || [ package-lock.json -nt node_modules/.installed ]; then \
+	  npm ci --no-audit --no-fund --omit=optional && touch node_modules/.installed; \
+	fi
+
+test: stack foreign-opcua foreign-modbus
 	$(VENV)/bin/pytest -q
 	$(MAKE) --no-print-directory lint
 

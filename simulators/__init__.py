@@ -20,12 +20,26 @@ events, security).
   secured endpoints when it asks for a `security_policy`. A port that already
   answers is left alone (a simulator started by hand, say). A configured node
   id the server does not have is logged with the one it has for that tag;
-- a tag that an OPC UA source reads (`sources.opcua[i].nodes[j].tag`) is not
-  published over MQTT, so each reading comes from one protocol;
+- every Modbus source whose `host:port` is on this machine and is one of the
+  ports the simulated field devices own (`simulators.modbus_devices`:
+  5020 `fh_bus`, 5021 `is_pyrometers`, 5022 `air_sensor`, 5023 `mik1_plc`)
+  gets that endpoint's devices (zone controllers, pyrometers, flow meter...)
+  on that port, all of them in one `ModbusDevices`. A port that already
+  answers is left alone; a source whose `transport` is not the endpoint's
+  framing, or that reads a unit id the endpoint does not have, is logged;
+- a tag that an OPC UA source reads (`sources.opcua[i].nodes[j].tag`) or a
+  Modbus source reads (`registers[].tag`, `units[].registers[].tag`) is not
+  published over MQTT, so each reading comes from one protocol; a tag that
+  both an OPC UA and a Modbus source read is logged (the pipeline would get
+  it twice: give the field device's register a tag of its own);
 - all of them run one plant: the same seed and start time, so that tags read
   over different protocols agree (a reversal is one reversal everywhere).
 
-Remote OPC UA endpoints, Modbus and camera sources are not simulated (logged).
+Remote OPC UA and Modbus endpoints, Modbus serial lines (`transport` rtu:
+`python -m simulators.modbus_devices --serial` serves one) and camera sources
+are not simulated (logged). Injected model faults (`fault_rate_per_hour`) go
+to the MQTT and OPC UA tags; the Modbus devices have faults of their own
+(`python -m simulators.modbus_devices --control`).
 
 Example::
 
@@ -68,6 +82,7 @@ from simulators.mqtt_line import (
 from simulators.opcua_address_space import NAMESPACE_URI, node_path, opcua_tags
 
 if TYPE_CHECKING:
+    from simulators.modbus_devices import ModbusDevices
     from simulators.opcua_line import OpcUaLineServer
 
 __all__ = [
@@ -76,6 +91,7 @@ __all__ = [
     "BurstResult",
     "Fault",
     "GlassLine",
+    "ModbusPlan",
     "MqttLinePublisher",
     "OpcUaLineServer",
     "OpcUaPlan",
@@ -83,6 +99,8 @@ __all__ = [
     "TagSpec",
     "brokers_from_config",
     "malformed_payloads",
+    "modbus_endpoints_from_config",
+    "modbus_read_tags",
     "opcua_read_tags",
     "opcua_servers_from_config",
     "random_faults",
@@ -93,10 +111,12 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 _DEFAULT_MQTT_PORT = 1883
+_DEFAULT_MODBUS_HOST = "127.0.0.1"
+_DEFAULT_MODBUS_PORT = 502
 _DEFAULT_QOS = 1
 _DEFAULT_TOPICS = ("plant/#",)
 _JOIN_POLL_SECONDS = 0.2
-_NOT_SIMULATED = ("modbus", "camera")
+_NOT_SIMULATED = ("camera",)
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _OPC_SCHEME = "opc.tcp"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -137,6 +157,22 @@ class OpcUaPlan:
     def endpoint(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{_OPC_SCHEME}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ModbusPlan:
+    """One simulated Modbus endpoint (`simulators.modbus_devices.ENDPOINTS`) and
+    the configured sources that read it."""
+
+    endpoint: str
+    host: str
+    port: int
+    sources: tuple[str, ...]
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 def __getattr__(name: str) -> Any:
@@ -287,11 +323,134 @@ def opcua_servers_from_config(config: Mapping[str, Any]) -> list[OpcUaPlan]:
     ]
 
 
+def _modbus_entries(config: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    entries = (config.get("sources") or {}).get("modbus") or []
+    return [(f"sources.modbus[{i}]", entry) for i, entry in enumerate(entries)]
+
+
+def _modbus_units(entry: Mapping[str, Any]) -> list[tuple[Any, Sequence[Any]]]:
+    """(unit id, registers) of a source: the top-level unit, then `units[]`."""
+    units: list[tuple[Any, Sequence[Any]]] = []
+    if entry.get("registers"):
+        units.append((entry.get("unit_id", 1), entry["registers"]))
+    for unit in entry.get("units") or []:
+        if isinstance(unit, Mapping):
+            units.append((unit.get("unit_id"), unit.get("registers") or []))
+    return units
+
+
+def modbus_read_tags(config: Mapping[str, Any]) -> set[str]:
+    """Every tag a Modbus source of `config` reads, on every unit."""
+    tags: set[str] = set()
+    for _, entry in _modbus_entries(config):
+        if not isinstance(entry, Mapping):
+            continue
+        for _, registers in _modbus_units(entry):
+            for register in registers:
+                if isinstance(register, Mapping) and isinstance(register.get("tag"), str):
+                    tags.add(register["tag"])
+    return tags
+
+
+def modbus_endpoints_from_config(
+    config: Mapping[str, Any], ports: Mapping[str, int] | None = None
+) -> list[ModbusPlan]:
+    """The simulated Modbus endpoints to serve for `config["sources"]["modbus"]`.
+
+    A source is served when its host is this machine and its port is one the
+    simulated devices own: `ports` (endpoint -> port, default
+    `modbus_devices.DEFAULT_PORTS`). Other sources (remote, another port, a
+    serial line) are logged and skipped. Raises ValueError naming the path of
+    every bad entry, e.g. `sources.modbus[0].port: 'x' is not a port (use 1-65535)`.
+    """
+    from simulators.modbus_devices import DEFAULT_PORTS, ENDPOINTS
+
+    owned = dict(DEFAULT_PORTS if ports is None else ports)
+    endpoint_at = {port: name for name, port in owned.items()}
+    framer_of = {endpoint.name: endpoint.framer for endpoint in ENDPOINTS}
+    units_of = {endpoint.name: set(endpoint.units) for endpoint in ENDPOINTS}
+    errors: list[str] = []
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for at, entry in _modbus_entries(config):
+        if not isinstance(entry, Mapping):
+            errors.append(f"{at}: expected an object, got {type(entry).__name__}")
+            continue
+        name = str(entry.get("name", at))
+        transport = entry.get("transport", "tcp")
+        if transport == "rtu":
+            _LOGGER.warning(
+                "simulator: %s (%s) is a serial line (%s): not simulated (python -m"
+                " simulators.modbus_devices --serial serves one)",
+                at,
+                name,
+                entry.get("serial_port"),
+            )
+            continue
+        host = _expand(entry.get("host", _DEFAULT_MODBUS_HOST))
+        port_raw = _expand(entry.get("port", _DEFAULT_MODBUS_PORT))
+        try:
+            port = int(port_raw)
+        except (TypeError, ValueError):
+            port = -1
+        if not 0 < port < 65536:
+            errors.append(f"{at}.port: {port_raw!r} is not a port (use 1-65535)")
+            continue
+        if host not in _LOCAL_HOSTS:
+            _LOGGER.warning(
+                "simulator: %s (%s) is not simulated: %s is not this machine", at, name, host
+            )
+            continue
+        endpoint = endpoint_at.get(port)
+        if endpoint is None:
+            owners = ", ".join(f"{p} {n}" for n, p in owned.items())
+            _LOGGER.warning(
+                "simulator: %s (%s) is not simulated: no simulated device on port %d (%s)",
+                at,
+                name,
+                port,
+                owners,
+            )
+            continue
+        if transport != framer_of[endpoint]:
+            _LOGGER.warning(
+                "simulator: %s (%s) reads %s with transport %s, but %s speaks %s: set"
+                " transport %s",
+                at,
+                name,
+                port,
+                transport,
+                endpoint,
+                framer_of[endpoint],
+                framer_of[endpoint],
+            )
+        for unit_id, _ in _modbus_units(entry):
+            if unit_id not in units_of[endpoint]:
+                _LOGGER.warning(
+                    "simulator: %s (%s) reads unit %r, which %s does not have (units %s):"
+                    " it will not answer",
+                    at,
+                    name,
+                    unit_id,
+                    endpoint,
+                    sorted(units_of[endpoint]),
+                )
+        plan = merged.setdefault((host, port), {"endpoint": endpoint, "names": []})
+        plan["names"].append(name)
+    if errors:
+        raise ValueError("invalid Modbus sources:\n  " + "\n  ".join(errors))
+    return [
+        ModbusPlan(plan["endpoint"], host, port, tuple(plan["names"]))
+        for (host, port), plan in merged.items()
+    ]
+
+
 def _check_node_id(at: str, node_id: Any, tag: str) -> None:
     # Only the string identifier can be compared: the index (ns=2) or URI
-    # form is the connector's to resolve.
+    # form is the connector's to resolve, and a source with a namespace_uri
+    # names its nodes by the bare identifier (s=LineC.Furnace.CrownTemp.Z2).
     served = ".".join(node_path(TAG_BY_NAME[tag]))
-    if not isinstance(node_id, str) or node_id.rpartition(";s=")[2] != served:
+    identifier = node_id.rpartition(";s=")[2] if isinstance(node_id, str) else None
+    if identifier is None or identifier.removeprefix("s=") != served:
         _LOGGER.warning(
             "simulator: %s %r is not a node of the simulated server; it serves %s as"
             " nsu=%s;s=%s",
@@ -347,6 +506,38 @@ def _opcua_servers(
         )
         servers.append(server)
     return servers
+
+
+def _modbus_devices(
+    plans: Sequence[ModbusPlan], *, speedup: float, seed: int, start_ts: float
+) -> list[ModbusDevices]:
+    """One `ModbusDevices` per listen host, serving the endpoints planned on it."""
+    from simulators.modbus_devices import ModbusDevices
+
+    by_host: dict[str, dict[str, int]] = {}
+    for plan in plans:
+        if _port_answers(plan.host, plan.port):
+            _LOGGER.warning(
+                "simulator: something already listens on %s (%s): no simulated %s started there",
+                plan.address,
+                ", ".join(plan.sources),
+                plan.endpoint,
+            )
+            continue
+        by_host.setdefault(plan.host, {})[plan.endpoint] = plan.port
+    return [
+        ModbusDevices(ports, host=host, speedup=speedup, seed=seed, start_ts=start_ts)
+        for host, ports in by_host.items()
+    ]
+
+
+def _warn_read_twice(config: Mapping[str, Any]) -> None:
+    for tag in sorted(opcua_read_tags(config) & modbus_read_tags(config)):
+        _LOGGER.warning(
+            "simulator: %s is read over OPC UA and over Modbus: the pipeline gets it twice under"
+            " one tag (give the field device's register a tag of its own)",
+            tag,
+        )
 
 
 def _load(config_path: str) -> dict[str, Any]:
@@ -410,28 +601,35 @@ def run_simulation(
     payload_form: PayloadForm = "mixed",
     fault_rate_per_hour: float = 0.0,
     ground_truth_path: str | None = None,
+    start_ts: float | None = None,
+    modbus_ports: Mapping[str, int] | None = None,
 ) -> None:
-    """Simulate every MQTT broker and local OPC UA server of the config until done.
+    """Simulate every MQTT broker, local OPC UA server and Modbus endpoint of the config.
 
-    Runs one thread per MQTT publisher and per OPC UA server for
-    `duration_seconds` of wall time (None: until `stop_event` is set or
+    Runs one thread per MQTT publisher, per OPC UA server and per Modbus host
+    for `duration_seconds` of wall time (None: until `stop_event` is set or
     Ctrl-C). One that fails (a broker is unreachable, a port cannot be bound)
     stops the others and its error is raised here. `ground_truth_path`, when
     given, receives the injected faults of all of them as JSON (each label
-    names its `broker` or OPC UA `server`).
+    names its `broker` or OPC UA `server`). `start_ts` is the plant time of
+    the first sample (default: now, to the second). `modbus_ports` moves the
+    simulated Modbus endpoints off their default ports (endpoint -> port).
     """
     config = _load(config_path)
     plans = brokers_from_config(config)
     opcua_plans = opcua_servers_from_config(config)
+    modbus_plans = modbus_endpoints_from_config(config, modbus_ports)
+    _warn_read_twice(config)
     # One plant for every protocol: the same seed and start time give the same samples.
-    start_ts = float(math.floor(time.time()))
+    if start_ts is None:
+        start_ts = float(math.floor(time.time()))
     publishers = _publishers(
         plans,
         speedup=speedup,
         seed=seed,
         payload_form=payload_form,
         fault_rate_per_hour=fault_rate_per_hour,
-        skip_tags=frozenset(opcua_read_tags(config)),
+        skip_tags=frozenset(opcua_read_tags(config) | modbus_read_tags(config)),
         start_ts=start_ts,
     )
     servers = _opcua_servers(
@@ -441,29 +639,38 @@ def run_simulation(
         start_ts=start_ts,
         fault_rate_per_hour=fault_rate_per_hour,
     )
-    if not publishers and not servers:
+    field_devices = _modbus_devices(modbus_plans, speedup=speedup, seed=seed, start_ts=start_ts)
+    if not publishers and not servers and not field_devices:
         _LOGGER.warning(
-            "simulator: %s configures no MQTT or local OPC UA source: nothing to simulate",
+            "simulator: %s configures no MQTT, local OPC UA or local Modbus source: nothing to"
+            " simulate",
             config_path,
         )
         return
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    def serve(runner: MqttLinePublisher | OpcUaLineServer) -> None:
+    def serve(runner: MqttLinePublisher | OpcUaLineServer | ModbusDevices) -> None:
         try:
             runner.run(duration_seconds, stop)
         except BaseException as err:  # noqa: BLE001 - handed to the caller's thread below
             errors.append(err)
             stop.set()
 
-    threads = [
-        threading.Thread(target=serve, args=(p,), name=f"mqtt-line[{p.host}:{p.port}]")
-        for p in publishers
-    ] + [
-        threading.Thread(target=serve, args=(s,), name=f"opcua-line[{s.host}:{s.port}]")
-        for s in servers
-    ]
+    threads = (
+        [
+            threading.Thread(target=serve, args=(p,), name=f"mqtt-line[{p.host}:{p.port}]")
+            for p in publishers
+        ]
+        + [
+            threading.Thread(target=serve, args=(s,), name=f"opcua-line[{s.host}:{s.port}]")
+            for s in servers
+        ]
+        + [
+            threading.Thread(target=serve, args=(d,), name=f"modbus-devices[{d.address}]")
+            for d in field_devices
+        ]
+    )
     for thread in threads:
         thread.start()
     try:

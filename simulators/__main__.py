@@ -1,9 +1,11 @@
-"""`python -m simulators`: simulate the glass line for the configured MQTT and OPC UA sources.
+"""`python -m simulators`: the simulated glass line for the config's MQTT, OPC UA, Modbus sources.
 
 Live (paced by plant time, until Ctrl-C or `--duration` wall seconds): the line
-is published to every MQTT broker of the config and served by an OPC UA server
-on the port of every local `sources.opcua[i].endpoint` (tags read over OPC UA
-are not published over MQTT; see `simulators.run_simulation`)::
+is published to every MQTT broker of the config, served by an OPC UA server
+on the port of every local `sources.opcua[i].endpoint` and by the simulated
+Modbus field devices on every local Modbus port they own (5020-5023; tags read
+over OPC UA or Modbus are not published over MQTT; see
+`simulators.run_simulation`)::
 
     python -m simulators --config data_ingestion_config.json --speedup 10 --duration 60
     python -m simulators --config data_ingestion_config.json --faults-per-hour 6 \\

@@ -42,10 +42,19 @@ timeout), `busy`/`failure`/`illegal_address` (that exception response),
 0x8000), `over_range`/`under_range` (Land sentinels). `--speedup 0` freezes
 the plant at its first minute, so that tests can compare exact values.
 
+Any endpoint can be served on a serial line instead (`--serial
+fh_bus=/dev/ttyUSB1`, RTU with `--baudrate`, `--parity`, `--stopbits`,
+`--bytesize`; default 19200 8E1): a real RS485 adapter, or one end of a socat
+pty pair whose other end the pipeline reads with `transport` rtu.
+`run_simulation` serves these devices on their default ports
+(`DEFAULT_PORTS`) with the clock of the OPC UA server and MQTT publisher it
+runs beside (`start_ts`).
+
 Run it::
 
     python -m simulators.modbus_devices --port fh_bus=5020 --port is_pyrometers=5021 \\
         --port air_sensor=5022 --port mik1_plc=5023 --speedup 10
+    python -m simulators.modbus_devices --serial fh_bus=/dev/ttyUSB1 --parity N --stopbits 2
 
 With `--control`, commands on stdin (one JSON reply each on stdout):
 `fault ENDPOINT UNIT KIND SECONDS`, `clear ENDPOINT UNIT`, `values` (the
@@ -90,10 +99,14 @@ from typing import IO, Any
 from simulators.glass_line import GlassLine
 
 __all__ = [
+    "DEFAULT_PORTS",
     "ENDPOINTS",
     "FAULT_KINDS",
+    "ModbusDevices",
     "ModbusDevicesProcess",
+    "SerialFraming",
     "encode_value",
+    "simulated_serial_source",
     "simulated_sources",
     "main",
 ]
@@ -102,7 +115,12 @@ _LOGGER = logging.getLogger(__name__)
 
 _DEFAULT_HOST = "127.0.0.1"
 _DEFAULT_PORTS = {"fh_bus": 5020, "is_pyrometers": 5021, "air_sensor": 5022, "mik1_plc": 5023}
+# The loopback ports the simulated devices own: run_simulation serves a config's
+# Modbus source on one of them with that endpoint's devices.
+DEFAULT_PORTS: dict[str, int] = dict(_DEFAULT_PORTS)
+_DEFAULT_BAUDRATE = 19_200
 _TICK_SECONDS = 0.5
+_STOP_POLL_SECONDS = 0.2
 _FIRST_MINUTE_SECONDS = 60.0
 _DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
 _DEFAULT_COMMAND_TIMEOUT_SECONDS = 10.0
@@ -212,6 +230,7 @@ class _Eurotherm(_Device):
     _PARAMS = ((1, "pv"), (2, "target_sp"), (3, "output"), (4, "working_output"),
                (5, "working_sp"), (24, "sp1"), (25, "sp2"), (26, "remote_sp"),
                (35, "sp_rate_limit"), (39, "error"))  # fmt: skip
+    _UNITS = {"output": "%", "working_output": "%", "sp_rate_limit": "degC/min"}
 
     def __init__(self, name: str, pv_tag: str, setpoint: float):
         self.pv_tag = pv_tag
@@ -220,9 +239,13 @@ class _Eurotherm(_Device):
         points = []
         for register, param in self._PARAMS:
             tag = pv_tag if param == "pv" else f"{prefix}_{param}"
-            points.append(_Point(tag, "holding", register, "int16", scale=0.1))
+            unit = self._UNITS.get(param, "degC")
+            points.append(_Point(tag, "holding", register, "int16", scale=0.1, unit=unit))
             points.append(
-                _Point(f"{tag}#float", "holding", _EUROTHERM_FLOAT_BASE + 2 * register, "float32")
+                _Point(
+                    f"{tag}#float", "holding", _EUROTHERM_FLOAT_BASE + 2 * register, "float32",
+                    unit=unit,
+                )  # fmt: skip
             )
         # Every integer parameter up to 63 and its float mirror exist (most read 0 here).
         super().__init__(
@@ -256,7 +279,10 @@ class _Mi3(_Device):
             1070: f"{base}_pyro_range_top", 1160: f"{base}_pyro_emissivity",
             1200: f"{base}_pyro_internal_emissivity",
         }  # fmt: skip
-        points = [_Point(t, "input", a, "float32", unit="degC") for a, t in self.names.items()]
+        points = [
+            _Point(t, "input", a, "float32", unit="" if a in (1160, 1200) else "degC")
+            for a, t in self.names.items()
+        ]
         points.append(_Point(f"{base}_pyro_status", "input", 1005, "bits"))
         points.append(_Point(f"{base}_pyro_last_error", "input", 1, "uint16"))
         self.status_tag = f"{base}_pyro_status"
@@ -288,7 +314,11 @@ class _Calex(_Device):
                       0x14: f"{base}_sensor_temp", 0x15: f"{base}_status",
                       0x18: f"{base}_emissivity"}  # fmt: skip
         points = [
-            _Point(t, "holding", a, "int16", scale=0.0001 if a == 0x18 else 0.1)
+            (
+                _Point(t, "holding", a, "int16", scale=0.0001, unit="")
+                if a == 0x18
+                else _Point(t, "holding", a, "int16", scale=0.1, unit="degC")
+            )
             for a, t in self.names.items()
             if a != 0x15
         ]
@@ -310,7 +340,10 @@ class _Endress(_Device):
         self.tag = tag
         base = tag.rsplit("_flow", 1)[0]
         self.names = {5051: tag, 5053: f"{base}_meter_temp", 5055: f"{base}_total"}
-        points = [_Point(t, "holding", a, "float32", "CDAB") for a, t in self.names.items()]
+        units = {5051: "Nm3/h", 5053: "degC", 5055: "Nm3"}
+        points = [
+            _Point(t, "holding", a, "float32", "CDAB", unit=units[a]) for a, t in self.names.items()
+        ]
         points += [_Point(f"{base}_scan_{i}", "holding", 5000 + i, "uint16") for i in range(1, 17)]
         self.total = 0.0
         self.total_at: float | None = None
@@ -342,9 +375,9 @@ class _Land(_Device):
         self.emissivity_tag = f"{base}_emissivity"
         self.ambient_tag = f"{base}_ambient_temp"
         points = [
-            _Point(tag, "holding", 0, "uint16", scale=0.1),
+            _Point(tag, "holding", 0, "uint16", scale=0.1, unit="degC"),
             _Point(self.emissivity_tag, "holding", 1, "uint16", scale=0.001),
-            _Point(self.ambient_tag, "holding", 2, "uint16", scale=0.1),
+            _Point(self.ambient_tag, "holding", 2, "uint16", scale=0.1, unit="degC"),
         ]
         super().__init__(name, points, ())
 
@@ -364,8 +397,11 @@ class _Suto(_Device):
         self.pressure_tag = pressure_tag
         self.names = {0: "air.s430_temp", 2: pressure_tag, 4: "air.s430_velocity",
                       6: "air.s430_flow"}  # fmt: skip
-        points = [_Point(t, "holding", a, "float32", "DCBA") for a, t in self.names.items()]
-        points.append(_Point("air.s430_consumption", "holding", 8, "uint32", "DCBA"))
+        units = {0: "degC", 2: "bar", 4: "m/s", 6: "m3/h"}
+        points = [
+            _Point(t, "holding", a, "float32", "DCBA", unit=units[a]) for a, t in self.names.items()
+        ]
+        points.append(_Point("air.s430_consumption", "holding", 8, "uint32", "DCBA", unit="m3"))
         super().__init__(name, points, ())
 
     def values(self, plant: dict[str, float], faults: set[str]) -> dict[str, float]:
@@ -384,13 +420,13 @@ class _Mik1(_Device):
 
     def __init__(self, name: str):
         points = [
-            _Point("mik1.throughput", "holding", 0, "uint16"),
-            _Point("mik1.cabinet_temp", "holding", 1, "int16", scale=0.1),
-            _Point("mik1.reject_rate", "holding", 2, "float32", "BADC"),
-            _Point("mik1.ejector_pressure", "holding", 4, "float32"),
+            _Point("mik1.throughput", "holding", 0, "uint16", unit="articles/min"),
+            _Point("mik1.cabinet_temp", "holding", 1, "int16", scale=0.1, unit="degC"),
+            _Point("mik1.reject_rate", "holding", 2, "float32", "BADC", unit="%"),
+            _Point("mik1.ejector_pressure", "holding", 4, "float32", unit="bar"),
             _Point("mik1.inspected_count", "holding", 10, "uint64"),
             _Point("mik1.counter_drift", "holding", 14, "int64"),
-            _Point("furnace.boost_power", "holding", 20, "float64"),
+            _Point("furnace.boost_power", "holding", 20, "float64", unit="kW"),
             _Point("mik1.net_rejects", "holding", 24, "int32"),
             _Point("mik1.machine_name", "holding", 30, "string"),
             _Point("mik1.reject_active", "coil", 0),
@@ -457,6 +493,24 @@ ENDPOINTS: tuple[_Endpoint, ...] = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class SerialFraming:
+    """How bytes travel on an RS485 line; Modbus over serial line's default is 19200 8E1.
+
+    Without parity the spec asks for two stop bits (8N2). A Linux pty (socat)
+    refuses parity and 7-bit bytes: tests over one use 8N2.
+    """
+
+    baudrate: int = _DEFAULT_BAUDRATE
+    parity: str = "E"  # N, E or O
+    stopbits: int = 1
+    bytesize: int = 8
+
+    def config(self) -> dict[str, Any]:
+        """The `sources.modbus[]` keys that set this framing."""
+        return dataclasses.asdict(self)
+
+
 # -- the config a client needs --------------------------------------------------
 
 
@@ -476,7 +530,23 @@ def _register_config(point: _Point) -> dict[str, Any]:
         entry["order"] = point.order
     if point.scale != 1.0:
         entry["scale"] = point.scale
+    if point.unit:
+        entry["unit"] = point.unit
     return entry
+
+
+def _units_config(endpoint: _Endpoint) -> list[dict[str, Any]]:
+    units = []
+    for unit_id, factory in endpoint.units.items():
+        device = factory()
+        registers = [_register_config(point) for point in device.points]
+        if isinstance(device, _Land):
+            registers[0]["sentinels"] = [
+                {"value": _LAND_OVER / 10, "reason": "over_range"},
+                {"value": _LAND_UNDER / 10, "reason": "under_range"},
+            ]
+        units.append({"unit_id": unit_id, "name": device.name, "registers": registers})
+    return units
 
 
 def simulated_sources(
@@ -490,26 +560,45 @@ def simulated_sources(
     """
     sources = []
     for endpoint in ENDPOINTS:
-        units = []
-        for unit_id, factory in endpoint.units.items():
-            device = factory()
-            registers = [_register_config(point) for point in device.points]
-            if isinstance(device, _Land):
-                registers[0]["sentinels"] = [
-                    {"value": _LAND_OVER / 10, "reason": "over_range"},
-                    {"value": _LAND_UNDER / 10, "reason": "under_range"},
-                ]
-            units.append({"unit_id": unit_id, "name": device.name, "registers": registers})
         source = {
             "name": endpoint.name,
             "host": host,
             "port": ports[endpoint.name],
             "transport": endpoint.framer,
-            "units": units,
+            "units": _units_config(endpoint),
         }
         source.update(overrides)
         sources.append(source)
     return sources
+
+
+def simulated_serial_source(
+    endpoint: str,
+    serial_port: str,
+    framing: SerialFraming | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The `sources.modbus` entry reading every value of `endpoint` over a serial line.
+
+    `transport` rtu on `serial_port` with `framing` (default 19200 8E1), named
+    after the endpoint; `overrides` go into it as in `simulated_sources`.
+
+    >>> simulated_serial_source("fh_bus", "/dev/ttyUSB0")["units"][0]["registers"][0]["tag"]
+    'forehearth.zone1_temp'
+    """
+    by_name = {e.name: e for e in ENDPOINTS}
+    if endpoint not in by_name:
+        raise ValueError(f"unknown endpoint {endpoint!r} (use {list(_DEFAULT_PORTS)})")
+    chosen = by_name[endpoint]
+    source = {
+        "name": chosen.name,
+        "transport": "rtu",
+        "serial_port": serial_port,
+        **(framing or SerialFraming()).config(),
+        "units": _units_config(chosen),
+    }
+    source.update(overrides)
+    return source
 
 
 # -- the servers ------------------------------------------------------------------
@@ -529,7 +618,22 @@ class _Fault:
 
 
 class ModbusDevices:
-    """Every endpoint's pymodbus server in one asyncio loop, fed by a `GlassLine`."""
+    """Every endpoint's pymodbus server in one asyncio loop, fed by a `GlassLine`.
+
+    Args:
+        ports: TCP port per endpoint served on `host`.
+        host: listen address (default 127.0.0.1).
+        speedup: plant seconds per wall second (>= 0, default 1; 0 freezes).
+        seed: the plant model's seed (default 0).
+        start_ts: plant time of the first sample, epoch seconds, to share the
+            clock of an OPC UA server and MQTT publisher started with the same
+            seed and start (`run_simulation`); needs `speedup` > 0. Default: the
+            model's reproducible start with its first minute already run, so
+            that even a frozen plant has a value for every tag.
+        serial_ports: endpoint -> serial device (`/dev/ttyUSB0`, a pty) to
+            serve that endpoint's units on as RTU instead of over TCP.
+        serial_framing: the framing of those serial lines (default 19200 8E1).
+    """
 
     def __init__(
         self,
@@ -538,18 +642,33 @@ class ModbusDevices:
         host: str = _DEFAULT_HOST,
         speedup: float = 1.0,
         seed: int = 0,
+        start_ts: float | None = None,
+        serial_ports: dict[str, str] | None = None,
+        serial_framing: SerialFraming | None = None,
     ) -> None:
         if not (speedup >= 0 and math.isfinite(speedup)):
             raise ValueError(f"speedup must be >= 0 and finite, got {speedup!r}")
-        unknown = set(ports) - {endpoint.name for endpoint in ENDPOINTS}
+        serial_ports = dict(serial_ports or {})
+        known = {endpoint.name for endpoint in ENDPOINTS}
+        unknown = (set(ports) | set(serial_ports)) - known
         if unknown:
             raise ValueError(f"unknown endpoint(s) {sorted(unknown)} (use {list(_DEFAULT_PORTS)})")
+        both = set(ports) & set(serial_ports)
+        if both:
+            raise ValueError(f"endpoint(s) {sorted(both)} given a TCP port and a serial port")
+        if start_ts is not None and not (math.isfinite(start_ts) and speedup > 0):
+            raise ValueError(
+                f"start_ts {start_ts!r} needs to be finite and speedup > 0 (got {speedup!r}): a"
+                " frozen plant started now would never be sampled"
+            )
         self.host = host
         self.ports = dict(ports)
+        self.serial_ports = serial_ports
+        self.serial_framing = serial_framing or SerialFraming()
         self.speedup = speedup
-        self.line = GlassLine(seed)
+        served = set(ports) | set(serial_ports)
         self.devices: dict[str, dict[int, _Device]] = {
-            e.name: {u: f() for u, f in e.units.items()} for e in ENDPOINTS if e.name in ports
+            e.name: {u: f() for u, f in e.units.items()} for e in ENDPOINTS if e.name in served
         }
         self.faults: list[_Fault] = []
         self.requests: dict[str, dict[int, int]] = {name: {} for name in self.devices}
@@ -557,8 +676,23 @@ class ModbusDevices:
         self._plant: dict[str, float] = {}
         self._servers: dict[str, Any] = {}
         self._origin = time.monotonic()
-        self._plant_origin = self.line.start_ts + _FIRST_MINUTE_SECONDS
+        if start_ts is None:
+            self.line = GlassLine(seed)
+            self._plant_origin = self.line.start_ts + _FIRST_MINUTE_SECONDS
+        else:
+            # The first sample is due at start_ts itself: the first tick after
+            # construction already has it, as the OPC UA server's first write does.
+            self.line = GlassLine(seed, start_ts)
+            self._plant_origin = self.line.start_ts
         self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        """Where the endpoints are served, e.g. `127.0.0.1:5020,5021 /dev/pts/3`."""
+        where = (
+            [f"{self.host}:{','.join(str(p) for p in self.ports.values())}"] if self.ports else []
+        )
+        return " ".join(where + list(self.serial_ports.values()))
 
     # -- plant values
 
@@ -655,13 +789,21 @@ class ModbusDevices:
                 )
                 for unit_id, device in self.devices[endpoint.name].items()
             ]
-            server = ModbusTcpServer(
-                sim_devices,
-                framer=FramerType.RTU if endpoint.framer == "rtu_over_tcp" else FramerType.SOCKET,
-                address=(self.host, self.ports[endpoint.name]),
-                ignore_missing_devices=True,
-                trace_pdu=functools.partial(self._count, endpoint.name),
-            )
+            count = functools.partial(self._count, endpoint.name)
+            if endpoint.name in self.serial_ports:
+                server = _serial_server(
+                    sim_devices, self.serial_ports[endpoint.name], self.serial_framing, count
+                )
+            else:
+                server = ModbusTcpServer(
+                    sim_devices,
+                    framer=(
+                        FramerType.RTU if endpoint.framer == "rtu_over_tcp" else FramerType.SOCKET
+                    ),
+                    address=(self.host, self.ports[endpoint.name]),
+                    ignore_missing_devices=True,
+                    trace_pdu=count,
+                )
             await server.serve_forever(background=True)
             self._servers[endpoint.name] = server
         self._write_all()
@@ -675,6 +817,59 @@ class ModbusDevices:
         for server in self._servers.values():
             await server.shutdown()
         self._servers.clear()
+
+    def run(
+        self, duration_seconds: float | None = None, stop_event: threading.Event | None = None
+    ) -> None:
+        """Serve in this thread with its own event loop until the duration or the event."""
+        pymodbus_logger = logging.getLogger("pymodbus")
+        if pymodbus_logger.level == logging.NOTSET:
+            # pymodbus logs every refused request at ERROR with hex dumps; a
+            # simulator beside a pipeline would drown its log.
+            pymodbus_logger.setLevel(logging.CRITICAL)
+
+        async def serve() -> None:
+            deadline = math.inf if duration_seconds is None else time.monotonic() + duration_seconds
+            try:
+                await self.start()
+                _LOGGER.info(
+                    "modbus-devices: serving %s on %s, speedup %g",
+                    ", ".join(self.devices), self.address, self.speedup,
+                )  # fmt: skip
+                while time.monotonic() < deadline and not (stop_event and stop_event.is_set()):
+                    await asyncio.sleep(_STOP_POLL_SECONDS)
+            finally:
+                await self.stop()
+
+        asyncio.run(serve())
+
+
+def _serial_server(
+    sim_devices: list[Any],
+    serial_port: str,
+    framing: SerialFraming,
+    trace_pdu: Callable[[bool, Any], Any],
+) -> Any:
+    """A pymodbus RTU server on one end of a serial line, answering for `sim_devices`.
+
+    Built as a `ModbusSerialServer`, which is what `StartAsyncSerialServer`
+    runs, because the ticker writes the plant's values into this server's
+    register blocks and `StartAsyncSerialServer` keeps its server to itself.
+    """
+    from pymodbus.framer import FramerType
+    from pymodbus.server import ModbusSerialServer
+
+    return ModbusSerialServer(
+        sim_devices,
+        framer=FramerType.RTU,
+        port=serial_port,
+        baudrate=framing.baudrate,
+        parity=framing.parity,
+        stopbits=framing.stopbits,
+        bytesize=framing.bytesize,
+        ignore_missing_devices=True,
+        trace_pdu=trace_pdu,
+    )
 
 
 def _sim_device(unit_id: int, device: _Device, action: Any) -> Any:
@@ -800,7 +995,10 @@ async def _main_async(args: argparse.Namespace, devices: ModbusDevices) -> None:
         loop.add_signal_handler(signum, stop.set)
     await devices.start()
     try:
-        _emit({"event": "ready", "host": devices.host, "ports": devices.ports})
+        _emit(
+            {"event": "ready", "host": devices.host, "ports": devices.ports,
+             "serial_ports": devices.serial_ports}
+        )  # fmt: skip
         control = asyncio.create_task(_read_commands(devices, stop)) if args.control else None
         if args.duration is None:
             await stop.wait()
@@ -823,6 +1021,15 @@ def _port(text: str) -> tuple[str, int]:
     return name, int(port)
 
 
+def _serial_port(text: str) -> tuple[str, str]:
+    name, sep, device = text.partition("=")
+    if not sep or not device:
+        raise argparse.ArgumentTypeError(
+            f"expected ENDPOINT=DEVICE (e.g. fh_bus=/dev/ttyUSB0), got {text!r}"
+        )
+    return name, device
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m simulators.modbus_devices", description=__doc__.split("\n", 1)[0]
@@ -832,6 +1039,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--port", type=_port, action="append", default=[], metavar="ENDPOINT=PORT",
         help=f"serve ENDPOINT on PORT (default: {_DEFAULT_PORTS})",
     )  # fmt: skip
+    parser.add_argument(
+        "--serial", type=_serial_port, action="append", default=[], metavar="ENDPOINT=DEVICE",
+        help="serve ENDPOINT as RTU on a serial device instead (e.g. fh_bus=/dev/ttyUSB0)",
+    )  # fmt: skip
+    framing = SerialFraming()
+    parser.add_argument("--baudrate", type=int, default=framing.baudrate, help="serial lines")
+    parser.add_argument("--parity", choices=("N", "E", "O"), default=framing.parity)
+    parser.add_argument("--stopbits", type=int, choices=(1, 2), default=framing.stopbits)
+    parser.add_argument("--bytesize", type=int, choices=(7, 8), default=framing.bytesize)
     parser.add_argument("--speedup", type=float, default=1.0, help="plant s per wall s; 0 freezes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, default=None, help="wall seconds (default: ever)")
@@ -842,11 +1058,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # pymodbus warns about its deprecated datastore and logs every refused request.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
+        serial_ports = dict(args.serial)
         devices = ModbusDevices(
-            dict(args.port) or dict(_DEFAULT_PORTS),
+            dict(args.port) or ({} if serial_ports else dict(_DEFAULT_PORTS)),
             host=args.host,
             speedup=args.speedup,
             seed=args.seed,
+            serial_ports=serial_ports,
+            serial_framing=SerialFraming(args.baudrate, args.parity, args.stopbits, args.bytesize),
         )
     except ValueError as err:
         print(f"modbus_devices: {err}", file=sys.stderr)
@@ -866,8 +1085,11 @@ class ModbusDevicesProcess:
     """`python -m simulators.modbus_devices --control ...` as a child process.
 
     Args:
-        ports: port per endpoint (default: a free one each on `host`).
+        ports: port per endpoint (default: a free one each on `host`, unless
+            `serial_ports` are given).
         host: listen address (default 127.0.0.1).
+        serial_ports: endpoint -> serial device to serve it on as RTU; the
+            framing goes in `args` (`["--parity", "N", "--stopbits", "2"]`).
         args: further options, e.g. `["--speedup", "0"]`.
         startup_timeout_seconds: how long `start()` waits for "ready" (default 30).
         stderr: where the child's log goes (default: this process's stderr).
@@ -881,6 +1103,7 @@ class ModbusDevicesProcess:
         ports: dict[str, int] | None = None,
         *,
         host: str = _DEFAULT_HOST,
+        serial_ports: dict[str, str] | None = None,
         args: Sequence[str] = (),
         startup_timeout_seconds: float = _DEFAULT_STARTUP_TIMEOUT_SECONDS,
         stderr: IO[Any] | int | None = None,
@@ -888,7 +1111,13 @@ class ModbusDevicesProcess:
         if isinstance(args, str):
             raise ValueError(f"args must be a list of options, got the string {args!r}")
         self.host = host
-        self.ports = dict(ports) if ports else {name: _free_port(host) for name in _DEFAULT_PORTS}
+        self.serial_ports = dict(serial_ports or {})
+        if ports:
+            self.ports = dict(ports)
+        elif self.serial_ports:
+            self.ports = {}
+        else:
+            self.ports = {name: _free_port(host) for name in _DEFAULT_PORTS}
         self.args = list(args)
         self.startup_timeout_seconds = startup_timeout_seconds
         self._stderr = stderr
@@ -914,6 +1143,8 @@ class ModbusDevicesProcess:
                    "--host", self.host, *self.args]  # fmt: skip
         for name, port in self.ports.items():
             command += ["--port", f"{name}={port}"]
+        for name, device in self.serial_ports.items():
+            command += ["--serial", f"{name}={device}"]
         env = dict(os.environ)
         paths = [str(_PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

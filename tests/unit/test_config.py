@@ -24,6 +24,9 @@ from connectors.mqtt_config import MqttSource, MqttTls, topic_filter_problem
 from connectors.opcua_config import OpcUaNode
 from data_ingestion.setup import DataIngestionSetup, check_config, parse_dotenv
 from pipelines.config import DataIngestionConfig, parse_config, to_dict
+from simulators import modbus_read_tags, opcua_read_tags
+from simulators.glass_line import TAG_BY_NAME
+from simulators.modbus_devices import DEFAULT_PORTS
 from transforms.validation_config import ValidationConfig, ValidationRule
 from typed_config import ConfigError, load_dataclass
 
@@ -103,7 +106,16 @@ def test_repo_config_loads_with_the_demo_source_and_line_c_hard_limits() -> None
         "urn:glassplant:sim",
     )
     assert furnace.nodes[3] == OpcUaNode("s=LineC.Furnace.CrownTemp.Z2", "furnace.crown_temp_z2")
-    assert (config.sources.modbus, config.sources.camera) == ((), ())
+    # The simulated field devices, each on the loopback port it owns.
+    assert {(s.name, s.host, s.port) for s in config.sources.modbus} == {
+        (name, "127.0.0.1", port) for name, port in DEFAULT_PORTS.items()
+    }
+    fh_bus = config.sources.modbus[0]
+    assert (fh_bus.transport, [u.unit_id for u in fh_bus.all_units]) == (
+        "rtu_over_tcp",
+        [1, 2, 3, 4, 5, 6],
+    )
+    assert config.sources.camera == ()
     hard_limits = {
         tag: (rule.min, rule.max)
         for tag in ("furnace.crown_temp_z2", "feeder.gob_temp", "is.blank_mould_temp_s7")
@@ -115,6 +127,22 @@ def test_repo_config_loads_with_the_demo_source_and_line_c_hard_limits() -> None
         "is.blank_mould_temp_s7": (0, 800),
     }
     assert config.validation.rule_for("float.crown_temp_port4") is None
+
+
+def test_repo_config_reads_each_model_tag_once_over_its_tag_table_protocol() -> None:
+    config = json.loads((_REPO / "data_ingestion_config.json").read_text())
+    over_opcua, over_modbus = opcua_read_tags(config), modbus_read_tags(config)
+    # One tag, one source: the gas meter on the bus and the compressed-air sensor
+    # read under tags of their own beside the DCS's and the IoT transmitter's.
+    assert over_opcua & over_modbus == set()
+    assert {"combustion.gas_meter_flow", "air.supply_pressure"} <= over_modbus
+    protocols = {
+        tag: TAG_BY_NAME[tag].protocol for tag in over_opcua | over_modbus if tag in TAG_BY_NAME
+    }
+    assert {tag for tag, protocol in protocols.items() if "OPC UA" in protocol} >= over_opcua
+    assert {
+        tag for tag, protocol in protocols.items() if protocol.startswith("Modbus")
+    } == over_modbus & set(TAG_BY_NAME)
 
 
 @pytest.mark.parametrize(
@@ -628,4 +656,5 @@ def test_check_config_prints_every_error_to_stderr(
 def test_check_config_of_the_repo_config(capsys: pytest.CaptureFixture[str]) -> None:
     path = str(_REPO / "data_ingestion_config.json")
     assert check_config(path, environ={}) == 0
-    assert capsys.readouterr().out == f"OK: {path} (2 sources: mqtt iot, opcua furnace)\n"
+    sources = "mqtt iot, opcua furnace, " + ", ".join(f"modbus {name}" for name in DEFAULT_PORTS)
+    assert capsys.readouterr().out == f"OK: {path} (6 sources: {sources})\n"
