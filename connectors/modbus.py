@@ -39,8 +39,12 @@ What survives what:
   `meta["reason"]`; "device busy" is retried first; an address the device
   does not have raises a `node_unavailable` alert once.
 - *A late answer*: pymodbus matches the MBAP transaction id on TCP and drops
-  a stale answer; an answer whose length does not fit the request is
-  refused too, so a late RTU answer cannot be decoded as the next request's.
+  a stale answer. RTU frames carry no id: after a timeout on an RTU line the
+  connector waits `timeout_seconds` more with no request out, so a late
+  answer arrives unrequested and pymodbus drops it, instead of being taken
+  for the next request's; an answer whose length does not fit is refused too.
+- *A gateway's* "path unavailable" or "no response from the unit"
+  (exceptions 0A, 0B): the unit is treated as one that does not answer.
 - *The endpoint lost* (refused, reset, silent): a `connection_lost` alert
   for the endpoint, `data_gap` alerts for its units, reconnects with capped
   exponential backoff and jitter.
@@ -64,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import logging
 import math
 import random
@@ -96,6 +101,7 @@ from connectors.base import (
     source_alert,
 )
 from connectors.modbus_config import ModbusRegister, ModbusSource, register_count
+from connectors.spool import Spool
 from records import CLEARED, RAISED, Alert, AlertRule, DeadLetter, Quality, Reading, Severity
 
 __all__ = [
@@ -121,7 +127,6 @@ _DEFAULT_POLL_INTERVAL_SECONDS = 0.05
 _DEFAULT_MAX_GAP_BITS_PER_REGISTER = 16
 _BUSY_RETRY_SECONDS = 0.05
 _IDLE_WAIT_SECONDS = 0.2
-_ROOM_WAIT_SECONDS = 0.05
 _SOURCE = "modbus"
 
 _BIT_TABLES = ("coil", "discrete")
@@ -149,6 +154,9 @@ EXCEPTION_REASONS = {
 }
 _ILLEGAL_ADDRESS = 2
 _DEVICE_BUSY = 6
+# A gateway's answer for a unit behind it that is unreachable or silent: the
+# unit is lost, as if it had not answered itself.
+_GATEWAY_UNIT_LOST = frozenset({10, 11})
 
 Item = Reading | DeadLetter | Alert
 
@@ -458,7 +466,11 @@ class _ModbusReceiver(Receiver[Item]):
     """One endpoint's connection on its own thread and event loop, polling every unit."""
 
     def __init__(self, config: ModbusSource) -> None:
-        super().__init__(f"modbus[{config.name}]", buffer_capacity=config.receive_queue_size)
+        super().__init__(
+            f"modbus[{config.name}]",
+            buffer_capacity=config.receive_queue_size,
+            spool=Spool(config.spool, _SOURCE, config.name) if config.spool else None,
+        )
         self._config = config
         self._rng = random.Random()
         self._jobs: list[_Job] = []
@@ -568,11 +580,6 @@ class _ModbusReceiver(Receiver[Item]):
             await self._room()
             await self._poll(job, time.time())
 
-    async def _room(self) -> None:
-        """Waits, without blocking the event loop, until the receive buffer has room."""
-        while self.buffer.full and not self._stop.is_set():
-            await asyncio.sleep(_ROOM_WAIT_SECONDS)
-
     def _emit(self, item: Item, at: float | None = None) -> None:
         self._deliver_nowait(item, time.time() if at is None else at)
 
@@ -586,6 +593,8 @@ class _ModbusReceiver(Receiver[Item]):
         while index < len(job.requests):
             request = job.requests[index]
             outcome, data = await self._read(unit.unit_id, request)
+            if outcome == "exception" and data in _GATEWAY_UNIT_LOST:
+                outcome, data = "timeout", f"gateway: {EXCEPTION_REASONS[data]}"
             if outcome == "timeout":
                 for reading in readings:
                     self._emit(reading, poll_time)
@@ -637,6 +646,8 @@ class _ModbusReceiver(Receiver[Item]):
                 error = err
                 if not client.connected:
                     raise ConnectionError(f"connection to {self._config.address} lost") from err
+                if self._config.transport != "tcp":
+                    await asyncio.sleep(self._config.timeout_seconds)  # let a late answer pass
                 continue
             if response.isError():
                 code = int(response.exception_code)
@@ -917,6 +928,14 @@ class ReadFromModbus(beam.PTransform):
         super().__init__()
         if not sources:
             raise ValueError("ReadFromModbus needs at least one source")
+        if (
+            any(s.transport == "rtu" for s in sources)
+            and importlib.util.find_spec("serial") is None
+        ):
+            raise ImportError(
+                "ReadFromModbus: transport rtu needs pyserial, pymodbus' serial transport "
+                "(pip install pyserial; requirements.txt pins it)"
+            )
         self._sources = tuple(sources)
         self._pacing = SourcePacing(
             max_skew_seconds,

@@ -168,6 +168,16 @@ def _when(ts: float) -> str:
 # ---------------------------------------------------------------- stateless rules
 
 
+def _missing_value(reading: Reading) -> str:
+    """Why a reading has no value, as far as its source said."""
+    meta = reading.meta
+    if "text" in meta:
+        return f"{reading.tag} is text ({meta['text']!r}), not a measurement"
+    why = meta.get("reason") or meta.get("status")
+    quality = f"quality {reading.quality}" + (f": {why}" if why else "")
+    return f"{reading.tag} has no value ({quality})"
+
+
 def check_reading(reading: Reading, rule: ValidationRule | None) -> tuple[Reason, str] | None:
     """The first value rule (1-5 above) `reading` breaks, as (reason, detail), or None.
 
@@ -177,7 +187,7 @@ def check_reading(reading: Reading, rule: ValidationRule | None) -> tuple[Reason
     value = reading.value
     tag = reading.tag
     if value is None:
-        return Reason.MISSING_VALUE, f"{tag} has no value"
+        return Reason.MISSING_VALUE, _missing_value(reading)
     if not math.isfinite(value):
         return Reason.NOT_FINITE, f"{tag} value is {value}"
     if rule is None:

@@ -334,7 +334,7 @@ _FLOAT32_6553_4 = struct.unpack("<f", struct.pack("<f", 6553.4))[0]
 @pytest.mark.parametrize(
     ("rule", "value", "expected"),
     [
-        (_LIMITS, None, ("missing_value", "t.x has no value")),
+        (_LIMITS, None, ("missing_value", "t.x has no value (quality good)")),
         (_LIMITS, math.nan, ("not_finite", "t.x value is nan")),
         (_LIMITS, -math.inf, ("not_finite", "t.x value is -inf")),
         (
