@@ -58,6 +58,7 @@ from apache_beam.io.unbounded_source import (
 )
 from apache_beam.utils.timestamp import Timestamp
 
+from connectors import metrics
 from connectors.spool import Entry, Spool
 from records import Alert, AlertRule, Reading, Severity
 
@@ -73,6 +74,7 @@ __all__ = [
     "PushReader",
     "AckCheckpointMark",
     "AckCheckpointMarkCoder",
+    "release_spooled",
     "BatchCoder",
     "SourcePacing",
     "SplitRecords",
@@ -198,17 +200,20 @@ def run_connection_loop(
     logged once per state change, not once per retry.
     """
     failing = False
+    stats = metrics.source_stats(label)
     while not stop.is_set():
         connected = False
         try:
             connect()
             connected = True
+            stats.mark_connected()
             if failing:
                 _LOGGER.info("%s: reconnected", label)
             failing = False
             backoff.reset()
             serve()
         except Exception as err:  # noqa: BLE001 - any failure means reconnect
+            stats.mark_lost(_describe(err))
             delay = backoff.next_delay()
             if not failing:
                 # A refused login or certificate is not a lost link: say which it was.
@@ -251,6 +256,9 @@ class Receiver(Generic[T]):
     ) -> None:
         self.label = label
         self.buffer: ReceiveBuffer[tuple[T, float, Any, int]] = ReceiveBuffer(buffer_capacity)
+        # Health and /metrics read the buffer's fill from here when asked.
+        self.stats = metrics.source_stats(label)
+        self.stats.receiver = self
         self.spool = spool
         self.generation = 0
         self._stop = threading.Event()
@@ -351,6 +359,13 @@ def _release_receiver(key: str, owner: str) -> None:
         receiver.stop()
 
 
+def release_spooled(source_key: str, rows: Sequence[int]) -> None:
+    """Deletes spool `rows` of source `source_key`: the bundle that carried them committed."""
+    receiver = _RECEIVERS.get(source_key)
+    if rows and receiver is not None and receiver.spool is not None:
+        receiver.spool.release(rows)
+
+
 class AckCheckpointMark(CheckpointMark):
     """Acknowledges `handles` on the receiver of `source_key` once committed.
 
@@ -379,12 +394,9 @@ class AckCheckpointMark(CheckpointMark):
             return
         self._finalized = True
         receiver = _RECEIVERS.get(self.source_key)
-        if receiver is None:
-            return
-        if self.handles:
+        if receiver is not None and self.handles:
             receiver._acknowledge(self.generation, self.handles)
-        if self.spooled and receiver.spool is not None:
-            receiver.spool.release(self.spooled)
+        release_spooled(self.source_key, self.spooled)
 
     def _key(self) -> tuple[Any, ...]:
         return (self.source_key, self.generation, self.handles, self.spooled)
@@ -502,6 +514,10 @@ class PushReader(UnboundedReader, Generic[T]):
             # The buffer holds what came before anything spooled: it goes first.
             spool = receiver.spool
             return spool is not None and spool.unread > 0 and self._advance_spooled(spool)
+        if metrics.enabled():
+            stats = receiver.stats
+            stats.received += len(drained)
+            stats.last_received_at = drained[-1][1]
         items = []
         for item, _, handle, generation in drained:
             items.append(item)
@@ -521,6 +537,8 @@ class PushReader(UnboundedReader, Generic[T]):
         self._spooled.extend(rows)
         if not entries:
             return False
+        if metrics.enabled():
+            self.receiver.stats.received += len(entries)
         self._current = [item for item, _ in entries]
         self._current_ts = entries[0][1]
         return True
@@ -539,12 +557,19 @@ class PushReader(UnboundedReader, Generic[T]):
             oldest_at = receiver.spool.oldest_unread_at()
         now = self._now()
         horizon = now if oldest_at is None else min(oldest_at, now)
+        receiver.stats.watermark = horizon - self._max_skew
         return Timestamp(horizon - self._max_skew)
+
+    def take_spooled(self) -> list[int]:
+        """The spool rows handed out since the last call, for the next checkpoint mark."""
+        spooled, self._spooled = self._spooled, []
+        return spooled
 
     def get_checkpoint_mark(self) -> CheckpointMark:
         handles, self._unacked = self._unacked, []
-        spooled, self._spooled = self._spooled, []
-        return AckCheckpointMark(self.source_key, self._unacked_generation, handles, spooled)
+        return AckCheckpointMark(
+            self.source_key, self._unacked_generation, handles, self.take_spooled()
+        )
 
     def close(self) -> None:
         _release_receiver(self.source_key, self.reader_id)

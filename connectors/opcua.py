@@ -101,6 +101,7 @@ from connectors.base import (
     SplitRecords,
     flatten_outputs,
     live_receiver,
+    release_spooled,
     run_connection_loop,
     source_alert,
 )
@@ -1168,37 +1169,49 @@ class _OpcUaCheckpointMark(CheckpointMark):
 
     `through` is the newest source time it covers, for a runner that restores
     the reader in a process without its receiver (Flink): back-fill from there.
+    `spooled`: the spool rows the bundle carried, deleted once it committed.
     """
 
-    def __init__(self, source_key: str, seq: int, through: float) -> None:
+    def __init__(
+        self, source_key: str, seq: int, through: float, spooled: Sequence[int] = ()
+    ) -> None:
         self.source_key = source_key
         self.seq = seq
         self.through = through
+        self.spooled = tuple(spooled)
 
     def finalize_checkpoint(self) -> None:
         receiver = _receiver(self.source_key)
         if receiver is not None and self.seq:
             receiver.committed(self.seq)
+        release_spooled(self.source_key, self.spooled)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.source_key, self.seq, self.through, self.spooled)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _OpcUaCheckpointMark) and (
-            other.source_key,
-            other.seq,
-            other.through,
-        ) == (self.source_key, self.seq, self.through)
+        return isinstance(other, _OpcUaCheckpointMark) and other._key() == self._key()
 
     def __hash__(self) -> int:
-        return hash((self.source_key, self.seq, self.through))
+        return hash(self._key())
 
 
 class _OpcUaCheckpointMarkCoder(coders.Coder):
-    _tuple = coders.TupleCoder((coders.StrUtf8Coder(), coders.VarIntCoder(), coders.FloatCoder()))
+    _tuple = coders.TupleCoder(
+        (
+            coders.StrUtf8Coder(),
+            coders.VarIntCoder(),
+            coders.FloatCoder(),
+            coders.IterableCoder(coders.VarIntCoder()),
+        )
+    )
 
     def encode(self, value: _OpcUaCheckpointMark) -> bytes:
-        return self._tuple.encode((value.source_key, value.seq, value.through))
+        return self._tuple.encode((value.source_key, value.seq, value.through, value.spooled))
 
     def decode(self, encoded: bytes) -> _OpcUaCheckpointMark:
-        return _OpcUaCheckpointMark(*self._tuple.decode(encoded))
+        source_key, seq, through, spooled = self._tuple.decode(encoded)
+        return _OpcUaCheckpointMark(source_key, seq, through, list(spooled))
 
     def is_deterministic(self) -> bool:
         return True
@@ -1243,7 +1256,7 @@ class _OpcUaReader(PushReader[Item]):
             receiver = self.receiver
             assert isinstance(receiver, _OpcUaReceiver)
             seq = receiver.handed_out(span)
-        return _OpcUaCheckpointMark(self.source_key, seq, self._through)
+        return _OpcUaCheckpointMark(self.source_key, seq, self._through, self.take_spooled())
 
 
 class _OpcUaUnboundedSource(UnboundedSource):
