@@ -20,7 +20,7 @@ _SAMPLES = [
 
 def test_the_readme_has_a_sample_for_each_built_connector() -> None:
     kinds = {next(iter(json.loads("{" + sample + "}")["sources"])) for sample in _SAMPLES}
-    assert kinds == {"opcua", "modbus", "mqtt"}
+    assert kinds == {"opcua", "modbus", "mqtt", "camera"}
 
 
 @pytest.mark.parametrize("sample", _SAMPLES, ids=lambda sample: sample.split('"')[3])

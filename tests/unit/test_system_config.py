@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -30,12 +31,23 @@ def test_a_config_built_in_python_is_validated_like_a_file() -> None:
     ]
 
 
-def test_declared_sources_without_a_connector_are_refused() -> None:
-    config = parse_config(
-        {"sources": {"camera": [{"name": "mik1", "url": "http://127.0.0.1:8081/stream.mjpg"}]}}
-    )
+def test_every_camera_input_error_is_listed(tmp_path: Path) -> None:
+    config = {
+        "sources": {
+            "camera": [
+                {"name": "a", "input": "video"},
+                {"name": "b", "input": "folder", "folder": str(tmp_path / "missing")},
+                {"name": "c", "url": "rtsp://cam/1", "stations": [{"station": 5, "mm_per_px": 0}]},
+            ]
+        }
+    }
     with pytest.raises(ConfigError) as raised:
-        DataIngestionSystem(config, beam_args=["--prism_location=/unused"]).initialize()
+        parse_config(config)
     assert raised.value.errors == [
-        "sources.camera[0] (mik1): the camera connector is not available yet"
+        "sources.camera[0].url: required for input video (rtsp://..., a file, a device number "
+        "or a GStreamer pipeline)",
+        f"sources.camera[1].folder: no such folder '{tmp_path / 'missing'}'",
+        "sources.camera[2].stations[0].mm_per_px: must be > 0, got 0",
+        "sources.camera[2].url: 'rtsp://cam/1' must be an http(s):// URL for input mjpeg "
+        "(e.g. http://127.0.0.1:8081/stream.mjpg)",
     ]
