@@ -24,13 +24,16 @@ MQTT_PORT ?= 1883
 help:
 	@echo "make demo | test | lint | bench | stack | down | clean | venv | system-deps"
 
-# Mosquitto, socat (the serial line of the Modbus RTU tests) and the venv module
-# come from apt; Java, Maven and Go are checked only: Debian's Go is too old to
+# Mosquitto, socat (the serial line of the Modbus RTU tests), Prometheus and
+# Chromium (the monitoring tests scrape /metrics and load the status page) and
+# the venv module come from apt; Java, Maven and Go are checked only: Debian's Go is too old to
 # build Prism.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

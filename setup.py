@@ -33,7 +33,7 @@ setup(
             "typed_config*",
         ]
     ),
-    package_data={"data_ingestion": ["*.xml"]},
+    package_data={"data_ingestion": ["*.xml", "status_page/*"]},
     install_requires=_requirements(),
     entry_points={"console_scripts": ["glass-ingest=data_ingestion.cli:main"]},
 )

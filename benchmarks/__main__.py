@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import anomaly_accuracy, modbus_to_kafka, mqtt_to_kafka, opcua_to_kafka, transforms
+from benchmarks import (
+    anomaly_accuracy,
+    modbus_to_kafka,
+    monitoring_overhead,
+    mqtt_to_kafka,
+    opcua_to_kafka,
+    transforms,
+)
 
 _BENCHMARKS = {
     "mqtt_to_kafka": mqtt_to_kafka.main,
@@ -12,6 +19,7 @@ _BENCHMARKS = {
     "modbus_to_kafka": modbus_to_kafka.main,
     "transforms": transforms.main,
     "anomaly_accuracy": anomaly_accuracy.main,
+    "monitoring_overhead": monitoring_overhead.main,
 }
 
 if __name__ == "__main__":

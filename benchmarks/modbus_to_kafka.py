@@ -29,8 +29,7 @@ What it measures:
    rules, features and anomaly detection off) into fresh Kafka topics, at
    each interval: readings per second arriving in Kafka (the topic's end
    offsets) and CPU-seconds of the pipeline's process group per reading.
-   Left out, with a note, while `pipelines.ingest.unsupported_sources`
-   refuses `sources.modbus`.
+   Left out, with a note, when check-config refuses the sources.
 
 Every measurement waits for the first value, lets `--warmup-seconds` pass,
 then measures over `--seconds` of wall time: counts, CPU-seconds from /proc,
@@ -635,10 +634,8 @@ def _pipeline_config(
 
 
 def pipeline_refusal(settings: _Settings) -> str | None:
-    """Why `data_ingestion run` would refuse Modbus sources (check-config, then
-    `unsupported_sources`), or None when it takes them."""
+    """Why `data_ingestion run` would refuse the Modbus sources (check-config), or None."""
     from data_ingestion.setup import ConfigError, DataIngestionSetup
-    from pipelines.ingest import unsupported_sources
 
     sources = settings.sources(_free_ports(settings.devices), 0.1)
     config, _ = _pipeline_config(
@@ -647,11 +644,10 @@ def pipeline_refusal(settings: _Settings) -> str | None:
     path = settings.workdir / "config-check.json"
     path.write_text(json.dumps(config, indent=2))
     try:
-        loaded = DataIngestionSetup(str(path)).load_config()
+        DataIngestionSetup(str(path)).load_config()
     except ConfigError as err:
         return "check-config: " + "; ".join(err.errors[:3])
-    problems = unsupported_sources(loaded)
-    return "; ".join(problems[:2]) if problems else None
+    return None
 
 
 def pipeline_run(

@@ -200,6 +200,7 @@ def run_connection_loop(
     logged once per state change, not once per retry.
     """
     failing = False
+    failed_at = 0.0
     stats = metrics.source_stats(label)
     while not stop.is_set():
         connected = False
@@ -208,7 +209,7 @@ def run_connection_loop(
             connected = True
             stats.mark_connected()
             if failing:
-                _LOGGER.info("%s: reconnected", label)
+                _LOGGER.info("%s: reconnected after %.1f s", label, time.monotonic() - failed_at)
             failing = False
             backoff.reset()
             serve()
@@ -219,6 +220,7 @@ def run_connection_loop(
                 # A refused login or certificate is not a lost link: say which it was.
                 what = "connection lost" if connected else "cannot connect"
                 _LOGGER.warning("%s: %s (%s); retrying with backoff", label, what, _describe(err))
+                failed_at = time.monotonic()
             _LOGGER.debug("%s: retry in %.2f s after %r", label, delay, err)
             failing = True
             stop.wait(delay)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -41,15 +42,20 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaTimeoutError, RetriableError, TopicAlreadyExistsError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 
+from connectors import metrics
 from connectors.kafka_config import KafkaSink
 from records import (
     Alert,
     DeadLetter,
+    Defect,
     Feature,
+    InspectionResult,
     Reading,
     alert_to_json,
     dead_letter_to_json,
+    defect_to_json,
     feature_to_json,
+    inspection_to_json,
     reading_key,
     reading_to_json,
 )
@@ -106,11 +112,25 @@ def encode_alert(alert: Alert) -> _Encoded:
     return key.encode(), alert_to_json(alert), int(at * 1000), _headers(alert.source, b"alert/1")
 
 
+def encode_defect(defect: Defect) -> _Encoded:
+    # Keyed by camera and article, so one article's defects and its result share a partition.
+    key = f"{defect.camera}/{defect.meta.get('article_id', '')}".encode()
+    return key, defect_to_json(defect), int(defect.ts * 1000), _headers("camera", b"defect/1")
+
+
+def encode_inspection(result: InspectionResult) -> _Encoded:
+    key = f"{result.camera}/{result.article_id}".encode()
+    value = inspection_to_json(result)
+    return key, value, int(result.ts * 1000), _headers("camera", b"inspection/1")
+
+
 _ENCODERS: dict[type, Callable[[Any], _Encoded]] = {
     Reading: encode_reading,
     DeadLetter: encode_dead_letter,
     Feature: encode_feature,
     Alert: encode_alert,
+    Defect: encode_defect,
+    InspectionResult: encode_inspection,
 }
 
 
@@ -194,6 +214,7 @@ def ensure_topics(config: KafkaSink) -> list[str]:
         config.topics.readings,
         config.topics.features,
         config.topics.defects,
+        config.topics.inspections,
         config.topics.alerts,
         config.topics.dead_letter,
     ]
@@ -406,6 +427,9 @@ class _WriteDoFn(beam.DoFn):
         self._config = config
         self._topic = topic
         self._client: _KafkaPythonClient | _ConfluentClient | None = None
+        # (first record, count) per element of the bundle: counted once Kafka has them.
+        self._sent: list[tuple[Any, int]] = []
+        self._started = 0.0
 
     def _connected(self) -> _KafkaPythonClient | _ConfluentClient:
         """The producer, made at the first record, not in `setup`.
@@ -425,8 +449,17 @@ class _WriteDoFn(beam.DoFn):
                 _LOGGER.warning("kafka[%s]: cannot connect (%s); trying again", self._topic, err)
         return self._client
 
+    def start_bundle(self) -> None:
+        self._sent = []
+        self._started = time.time()
+
     def process(self, element: Any | list[Any]) -> None:
-        self._connected().send(self._topic, element if isinstance(element, list) else (element,))
+        records = element if isinstance(element, list) else (element,)
+        self._connected().send(self._topic, records)
+        if records and metrics.enabled():
+            self._sent.append((records[0], len(records)))
+            if metrics.watching() and type(records[0]) is Reading:
+                metrics.sink_stats().note_values(records)
 
     def finish_bundle(self) -> None:
         """Returns once Kafka has every record of the bundle.
@@ -445,7 +478,16 @@ class _WriteDoFn(beam.DoFn):
             if undelivered is None:
                 if held:
                     _LOGGER.warning("kafka[%s]: delivered again after %.0f s", self._topic, held)
+                if self._sent:
+                    metrics.sink_stats().delivered(
+                        self._topic, self._sent, self._started, time.time()
+                    )
+                    self._sent = []
                 return
+            if metrics.enabled():
+                metrics.sink_stats().undelivered(
+                    self._topic, len(undelivered.records), undelivered.first_error
+                )
             if not undelivered.retriable:
                 raise RuntimeError(
                     f"kafka[{self._topic}]: {len(undelivered.records)} of {sent} records "

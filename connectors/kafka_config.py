@@ -34,7 +34,7 @@ import importlib.util
 import re
 from typing import Literal
 
-from typed_config import check_file, check_range, join_path
+from typed_config import check_file, check_range, join_path, secret
 
 __all__ = ["KafkaSink", "KafkaTopics"]
 
@@ -63,6 +63,7 @@ class KafkaTopics:
     readings: str = "glass.readings"
     features: str = "glass.features"
     defects: str = "glass.defects"
+    inspections: str = "glass.inspections"
     alerts: str = "glass.alerts"
     dead_letter: str = "glass.deadletter"
 
@@ -108,7 +109,7 @@ class KafkaSink:
     ssl_keyfile: str | None = None
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: str | None = secret()
     # Used only when the pipeline creates missing topics (create_topics).
     topic_partitions: int = _DEFAULT_KAFKA_TOPIC_PARTITIONS
     topic_replication_factor: int = 1

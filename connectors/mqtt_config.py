@@ -40,6 +40,7 @@ from typed_config import (
     check_name,
     check_range,
     join_path,
+    secret,
 )
 
 __all__ = ["MqttSource", "MqttTls", "topic_filter_problem"]
@@ -124,7 +125,7 @@ class MqttSource(SourceBase):
     session_expiry_seconds: int = _DEFAULT_MQTT_SESSION_EXPIRY_SECONDS
     receive_maximum: int = _DEFAULT_MQTT_RECEIVE_MAXIMUM
     username: str | None = None
-    password: str | None = None
+    password: str | None = secret()
     tls: MqttTls | None = None
     # Leading topic levels dropped when a tag is derived from the topic.
     tag_from_topic_levels: int = 1

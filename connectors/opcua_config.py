@@ -44,6 +44,7 @@ from typed_config import (
     check_range,
     check_unique,
     join_path,
+    secret,
 )
 
 __all__ = [
@@ -213,7 +214,7 @@ class OpcUaSource(SourceBase):
     security_mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
     certificate_file: str | None = None
     private_key_file: str | None = None
-    private_key_password: str | None = None
+    private_key_password: str | None = secret()
     # Creates a self-signed certificate and key at those paths if they are missing.
     generate_certificate: bool = False
     application_uri: str = _DEFAULT_APPLICATION_URI
@@ -221,7 +222,7 @@ class OpcUaSource(SourceBase):
     server_certificate_file: str | None = None
     trust_folder: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = secret()
     request_timeout_seconds: float = _DEFAULT_REQUEST_TIMEOUT_SECONDS
     watchdog_interval_seconds: float = _DEFAULT_WATCHDOG_INTERVAL_SECONDS
     reconnect_max_seconds: float = _DEFAULT_RECONNECT_MAX_SECONDS

@@ -9,9 +9,13 @@ Examples::
     python -m data_ingestion stack up --kafka-port 9092 --mqtt-port 1883
     python -m data_ingestion simulate --config data_ingestion_config.json
     python -m data_ingestion demo --config data_ingestion_config.json
+    python -m data_ingestion status --url http://127.0.0.1:9180/
+    python -m data_ingestion notify --config data_ingestion_config.json
 
 `run` passes every option it does not know to Beam (`--prism_location`,
-`--flink_master`, ...) and runs until SIGINT or SIGTERM.
+`--flink_master`, ...) and runs until SIGINT or SIGTERM. `--log-level` and
+`--log-format text|json` (before or after the command) beat the config's
+`logging` section and `DI_LOGGING__LEVEL` (see `data_ingestion.log_setup`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import Any
 __all__ = ["main"]
 
 _LOGGER = logging.getLogger(__name__)
+
+_LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -42,7 +48,15 @@ def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
     def handle(signum: int, frame: Any) -> None:
-        _LOGGER.info("received %s: stopping", signal.Signals(signum).name)
+        from data_ingestion.log_setup import note_stopping
+
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            # A terminal's Ctrl-C and `timeout` may both signal: one stop is enough.
+            _LOGGER.debug("received %s again: already stopping", name)
+            return
+        note_stopping()
+        _LOGGER.info("received %s: stopping", name)
         stop.set()
 
     signal.signal(signal.SIGINT, handle)
@@ -70,14 +84,66 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     except FileNotFoundError as err:
         print(f"{args.config}: {err}", file=sys.stderr)
         return 2
+    _configure_logging(args, system.config)
+    # Secrets are masked: the repr leaves them out, the log masks what is left.
+    _LOGGER.debug("effective config: %r", system.config)
     stop = _stop_on_signals()
     return system.run_until(stop)
+
+
+def _configure_logging(args: argparse.Namespace, config: Any = None) -> None:
+    from data_ingestion.log_setup import configure_logging
+
+    configure_logging(
+        None if config is None else config.logging,
+        level=args.log_level,
+        log_format=args.log_format,
+    )
+
+
+def _notify(args: argparse.Namespace) -> int:
+    from data_ingestion.log_setup import protect_secrets
+    from data_ingestion.notifications import start_notifications
+    from data_ingestion.setup import DataIngestionSetup
+    from typed_config import ConfigError
+
+    try:
+        config = DataIngestionSetup(args.config).load_config()
+    except ConfigError as err:
+        print(f"{args.config}: invalid configuration, nothing started:", file=sys.stderr)
+        for line in err.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    protect_secrets(config)
+    _configure_logging(args, config)
+    notifications = start_notifications(config)
+    if notifications is None:
+        print(f"{args.config}: notifications configures no webhooks or email", file=sys.stderr)
+        return 2
+    stop = _stop_on_signals()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        notifications.stop()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from data_ingestion.status import print_status
+
+    return print_status(args.url, args.config)
 
 
 def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
     from data_ingestion.demo import run_demo
 
-    return run_demo(args.config, beam_args, _stop_on_signals())
+    return run_demo(
+        args.config,
+        beam_args,
+        _stop_on_signals(),
+        configure_logging=lambda config: _configure_logging(args, config),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m data_ingestion", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        choices=_LOG_LEVELS,
+        help="beats logging.level of the config and DI_LOGGING__LEVEL (default INFO)",
     )
+    parser.add_argument("--log-format", choices=["text", "json"], help="default text")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline until SIGINT/SIGTERM")
@@ -116,16 +185,33 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="simulator + pipeline + a view of what reaches Kafka")
     demo.add_argument("--config", required=True)
 
-    args, beam_args = parser.parse_known_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    status = commands.add_parser(
+        "status",
+        help="a running pipeline's sources, Kafka and readiness (exit 0 ready, 1 not, 2 unreachable)",
     )
-    # kafka-python logs every connection step at INFO, asyncua every request;
-    # the connectors log what matters to an operator.
-    quiet = max(logging.WARNING, logging.getLevelName(args.log_level))
-    for chatty in ("kafka", "asyncua"):
-        logging.getLogger(chatty).setLevel(quiet)
-    if args.command not in ("run", "demo") and beam_args:
+    status.add_argument(
+        "--url", help="its status page (default: monitoring.http_host:http_port of --config)"
+    )
+    status.add_argument(
+        "--config", help="the pipeline's config, for its address (default: the defaults)"
+    )
+
+    notify = commands.add_parser(
+        "notify", help="only the alert notifications of a config, until SIGINT/SIGTERM"
+    )
+    notify.add_argument("--config", required=True)
+
+    for command in commands.choices.values():
+        if command is not stack:
+            # Also after the command; SUPPRESS keeps a value given before it.
+            command.add_argument("--log-level", choices=_LOG_LEVELS, default=argparse.SUPPRESS)
+            command.add_argument(
+                "--log-format", choices=["text", "json"], default=argparse.SUPPRESS
+            )
+
+    args, beam_args = parser.parse_known_args(argv)
+    _configure_logging(args)
+    if args.command not in ("run", "demo", "stack") and beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if args.command == "run":
         return _run(args, beam_args)
@@ -135,10 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         from data_ingestion.setup import check_config
 
         return check_config(args.file)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "notify":
+        return _notify(args)
     if args.command == "stack":
         from data_ingestion import stack as local_stack
 
-        return local_stack.main(args.stack_args)
+        # Its own parser answers `stack --help` and reads its options in any order.
+        return local_stack.main([*beam_args, *args.stack_args])
     if args.command == "simulate":
         from simulators import run_simulation
 

@@ -11,6 +11,8 @@ Example::
     await system.stop_system()
 
 `python -m data_ingestion run` is the same thing from the command line.
+While the pipeline runs, `monitoring.http_host:http_port` serves `/healthz`,
+`/readyz`, `/metrics` and the status page (`data_ingestion.monitoring`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from data_ingestion.log_setup import note_stopping, protect_secrets
+from data_ingestion.monitoring import Monitor
+from data_ingestion.notifications import Notifications, start_notifications
 from data_ingestion.setup import DataIngestionSetup
 from pipelines.config import DataIngestionConfig, parse_config, to_dict
-from pipelines.ingest import unsupported_sources
 
 __all__ = ["DataIngestionSystem"]
 
@@ -56,6 +60,26 @@ def _with_prism_location(config: DataIngestionConfig, beam_args: Sequence[str]) 
     return [*args, f"--prism_location={prism}"]
 
 
+def _workers_in_this_process(config: DataIngestionConfig, beam_args: Sequence[str]) -> bool:
+    """True if the Beam worker runs in this process (LOOPBACK), where the monitor
+    sees the sources' own numbers; Prism's default environment is LOOPBACK."""
+    from apache_beam.options.pipeline_options import (
+        DebugOptions,
+        PortableOptions,
+        StandardOptions,
+    )
+
+    from pipelines.options import pipeline_options
+
+    options = pipeline_options(config, beam_args)
+    if "use_loopback_process_worker" in (options.view_as(DebugOptions).experiments or []):
+        return False
+    environment = options.view_as(PortableOptions).environment_type
+    if environment is None:
+        return options.view_as(StandardOptions).runner == "PrismRunner"
+    return str(environment).upper() == "LOOPBACK"
+
+
 class DataIngestionSystem:
     """Runs the ingestion pipeline described by one config.
 
@@ -79,6 +103,8 @@ class DataIngestionSystem:
         self.config: DataIngestionConfig | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.monitor: Monitor | None = None
+        self._notifications: Notifications | None = None
 
     def initialize(self) -> DataIngestionConfig:
         """Loads and validates the config; raises `ConfigError` listing every problem."""
@@ -87,21 +113,43 @@ class DataIngestionSystem:
             config = parse_config(to_dict(self._source))
         else:
             config = DataIngestionSetup(self._source, overrides=self._overrides).load_config()
-        problems = unsupported_sources(config)
-        if problems:
-            from typed_config import ConfigError
-
-            raise ConfigError(problems)
         self._beam_args = _with_prism_location(config, self._beam_args)
+        # From here on no log line shows a password or token of this config.
+        protect_secrets(config)
         self.config = config
         return config
 
+    def _start_monitor(self, config: DataIngestionConfig) -> Monitor | None:
+        """The health checks and their HTTP server, started before the job so /healthz
+        answers while it starts."""
+        from connectors import metrics
+
+        metrics.set_enabled(config.monitoring.enabled)
+        if not config.monitoring.enabled:
+            return None
+        monitor = Monitor(
+            config, sources_in_process=_workers_in_this_process(config, self._beam_args)
+        )
+        monitor.start()
+        return monitor
+
     def run_until(self, stop: threading.Event) -> int:
         """Runs in this thread until `stop` is set; 0 if stopped as asked."""
-        from pipelines.runner import run_until_stopped
+        from pipelines.runner import start, wait_until_stopped
 
         config = self.config or self.initialize()
-        run_until_stopped(config, self._beam_args, stop)
+        self.monitor = self._start_monitor(config)
+        notifications = start_notifications(config)
+        try:
+            result = start(config, self._beam_args)
+            if self.monitor is not None:
+                self.monitor.attach(result, stopping=stop)
+            wait_until_stopped(result, stop, config.pipeline.name)
+        finally:
+            if notifications is not None:
+                notifications.stop()
+            if self.monitor is not None:
+                self.monitor.stop()
         # A streaming job that ends without being asked to has failed.
         return 0 if stop.is_set() else 1
 
@@ -118,7 +166,18 @@ class DataIngestionSystem:
         from pipelines.runner import start, wait_until_stopped
 
         config = self.config or self.initialize()
-        result = start(config, self._beam_args)
+        self.monitor = self._start_monitor(config)
+        self._notifications = start_notifications(config)
+        try:
+            result = start(config, self._beam_args)
+        except BaseException:
+            if self._notifications is not None:
+                self._notifications.stop()
+            if self.monitor is not None:
+                self.monitor.stop()
+            raise
+        if self.monitor is not None:
+            self.monitor.attach(result, stopping=self._stop)
         self._thread = threading.Thread(
             target=wait_until_stopped,
             args=(result, self._stop, config.pipeline.name),
@@ -129,6 +188,11 @@ class DataIngestionSystem:
 
     async def stop_system(self) -> None:
         """Cancels the job; unacknowledged input is redelivered on the next start."""
+        note_stopping()
         self._stop.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        if self._notifications is not None:
+            await asyncio.to_thread(self._notifications.stop)
+        if self.monitor is not None:
+            self.monitor.stop()

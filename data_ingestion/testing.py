@@ -47,6 +47,7 @@ def pipeline_config(
         "readings": f"test.readings.{suffix}",
         "features": f"test.features.{suffix}",
         "defects": f"test.defects.{suffix}",
+        "inspections": f"test.inspections.{suffix}",
         "alerts": f"test.alerts.{suffix}",
         "dead_letter": f"test.deadletter.{suffix}",
     }
@@ -54,6 +55,9 @@ def pipeline_config(
     config["kafka"]["topics"] = topics
     config["kafka"]["topic_partitions"] = 2
     config["kafka"]["client"] = kafka_client
+    # Tests run pipelines side by side, each with the status on a port of its own,
+    # and replace the sources: the demo's per-source health intervals do not apply.
+    config["monitoring"] = {"http_port": 0}
     mqtt = config["sources"]["mqtt"][0]
     config["sources"] = {"mqtt": [mqtt]}
     mqtt.update(

@@ -35,6 +35,9 @@ from connectors.kafka_config import KafkaSink
 from connectors.modbus_config import ModbusSource
 from connectors.mqtt_config import MqttSource
 from connectors.opcua_config import OpcUaSource
+from pipelines.logging_config import LoggingConfig
+from pipelines.monitoring_config import MonitoringConfig
+from pipelines.notifications_config import NotificationsConfig
 from transforms.anomaly_config import AnomalyConfig
 from transforms.features_config import FeaturesConfig
 from transforms.validation_config import ValidationConfig
@@ -147,8 +150,17 @@ class DataIngestionConfig:
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
     features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
     anomaly: AnomalyConfig = dataclasses.field(default_factory=AnomalyConfig)
-    # Free-form until its part is built.
-    monitoring: dict[str, Any] = dataclasses.field(default_factory=dict)
+    monitoring: MonitoringConfig = MonitoringConfig()
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    notifications: NotificationsConfig = dataclasses.field(default_factory=NotificationsConfig)
+
+    def validate(self, path: str) -> list[str]:
+        names = [source.name for _, _, source in self.sources.declared()]
+        topics = {
+            field.name: getattr(self.kafka.topics, field.name)
+            for field in dataclasses.fields(self.kafka.topics)
+        }
+        return self.monitoring.check_against(join_path(path, "monitoring"), names, topics)
 
 
 def parse_config(data: Mapping[str, Any]) -> DataIngestionConfig:

@@ -31,6 +31,7 @@ import apache_beam as beam
 from apache_beam.transforms import window
 
 from connectors.base import ALERTS, DEAD_LETTER, READINGS
+from connectors.camera import DEFECTS, INSPECTIONS, ReadFromCamera
 from connectors.kafka import WriteToKafka
 from connectors.modbus import ReadFromModbus
 from connectors.mqtt import ReadFromMqtt
@@ -39,22 +40,13 @@ from pipelines.config import DataIngestionConfig
 from transforms.anomaly import DetectAnomalies
 from transforms.features import ComputeFeatures, WindowFeatures
 from transforms.glass_features import CrownStability, DeriveLineFeatures
+from transforms.reject_stats import FEATURES, REJECT_ALERTS, RejectStatistics
 from transforms.validation import DEAD_LETTER as INVALID
 from transforms.validation import VALID, ValidateReadings, ValidationState
 
-__all__ = ["build_ingest", "unsupported_sources"]
+__all__ = ["build_ingest"]
 
 _MAX_POLLED_RESUME_SECONDS = 1.0
-
-
-def unsupported_sources(config: DataIngestionConfig) -> list[str]:
-    """Declared sources whose connector this version does not have yet."""
-    sources = config.sources
-    return [
-        f"sources.{kind}[{index}] ({source.name}): the {kind} connector is not available yet"
-        for kind, declared in (("camera", sources.camera),)
-        for index, source in enumerate(declared)
-    ]
 
 
 def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
@@ -69,23 +61,22 @@ def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
     memory, and a crash would lose them. The merge for features and anomalies
     comes after the sinks, on a branch of its own.
     """
-    problems = unsupported_sources(config)
-    if problems:
-        raise ValueError("; ".join(problems))
     sources = config.sources
-    if not (sources.mqtt or sources.opcua or sources.modbus):
+    if not (sources.mqtt or sources.opcua or sources.modbus or sources.camera):
         raise ValueError(
             "no sources configured: declare at least one under sources.opcua, "
-            "sources.modbus or sources.mqtt"
+            "sources.modbus, sources.mqtt or sources.camera"
         )
     # One validation state for every source: context windows are plant-wide
     # (a firing reversal read from one source suspends rules on another's tags).
     validation_state = ValidationState(config.validation)
-    valid, invalid = [], []
+    valid, invalid, inspections = [], [], []
     for name, read in _readers(config):
-        checked = _source_chain(pipeline, name, read, config, validation_state)
+        checked, outputs = _source_chain(pipeline, name, read, config, validation_state)
         valid.append(checked[VALID])
         invalid.append(checked[INVALID])
+        if INSPECTIONS in outputs:
+            inspections.append(outputs[INSPECTIONS])
     # Behind a shuffle: not covered by the sources' commits (see
     # transforms.features and transforms.anomaly); features can be recomputed
     # from the readings topic.
@@ -97,6 +88,8 @@ def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
             config.anomaly, dead_letters=_merge(invalid, "AllInvalidReadings")
         )
         alerts | "WriteAlerts" >> WriteToKafka(config.kafka, topic=config.kafka.topics.alerts)
+    if inspections and config.features.enabled:
+        _add_reject_statistics(_merge(inspections, "AllInspections"), config)
 
 
 def _readers(config: DataIngestionConfig) -> Iterator[tuple[str, beam.PTransform]]:
@@ -123,6 +116,8 @@ def _readers(config: DataIngestionConfig) -> Iterator[tuple[str, beam.PTransform
         yield f"modbus[{modbus.name}]", ReadFromModbus(
             [modbus], **{**pacing, "poll_interval_seconds": resume}
         )
+    for camera in config.sources.camera:
+        yield f"camera[{camera.name}]", ReadFromCamera([camera], **pacing)
 
 
 def _source_chain(
@@ -131,8 +126,8 @@ def _source_chain(
     read: beam.PTransform,
     config: DataIngestionConfig,
     validation_state: ValidationState,
-) -> dict[str, beam.PCollection]:
-    """read -> validate -> Kafka, one fused stage; returns validation's outputs."""
+) -> tuple[dict[str, beam.PCollection], dict[str, beam.PCollection]]:
+    """read -> validate -> Kafka, one fused stage; returns validation's and the reader's outputs."""
     topics = config.kafka.topics
     outputs = pipeline | f"Read[{name}]" >> read
     checked = outputs[READINGS] | f"Validate[{name}]" >> ValidateReadings(
@@ -149,13 +144,31 @@ def _source_chain(
         outputs[ALERTS] | f"WriteSourceAlerts[{name}]" >> WriteToKafka(
             config.kafka, topic=topics.alerts
         )
-    return checked
+    if DEFECTS in outputs:
+        outputs[DEFECTS] | f"WriteDefects[{name}]" >> WriteToKafka(
+            config.kafka, topic=topics.defects
+        )
+    if INSPECTIONS in outputs:
+        outputs[INSPECTIONS] | f"WriteInspections[{name}]" >> WriteToKafka(
+            config.kafka, topic=topics.inspections
+        )
+    return checked, outputs
 
 
 def _merge(collections: list[beam.PCollection], label: str) -> beam.PCollection:
     if len(collections) == 1:
         return collections[0]
     return collections | label >> beam.Flatten()
+
+
+def _add_reject_statistics(inspections: beam.PCollection, config: DataIngestionConfig) -> None:
+    """Reject rates per mould, station and defect class, and bad-mould alerts."""
+    kafka = config.kafka
+    stats = inspections | "RejectStatistics" >> RejectStatistics(
+        config.features.windows, allowed_lateness_seconds=config.features.allowed_lateness_seconds
+    )
+    stats[FEATURES] | "WriteRejectRates" >> WriteToKafka(kafka, topic=kafka.topics.features)
+    stats[REJECT_ALERTS] | "WriteBadMoulds" >> WriteToKafka(kafka, topic=kafka.topics.alerts)
 
 
 def _add_features(valid: beam.PCollection, config: DataIngestionConfig) -> None:

@@ -5,7 +5,10 @@ while Kafka does not answer), submits the pipeline and blocks
 until `stop` is set (the CLI sets it on SIGINT/SIGTERM) or the job ends; then
 it cancels the job. In-flight bundles that were not committed are not lost:
 their sources never acknowledged them, so the brokers redeliver on the next
-start.
+start. On Prism the job server is a child of ours that a terminal's Ctrl-C
+does not reach (`pipelines.prism`), so the job is cancelled before Prism
+stops; then the sources are closed and what the stop left is logged once
+(`pipelines.shutdown`).
 
 Example::
 
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 import grpc
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 from kafka.errors import RetriableError
 
@@ -32,12 +36,17 @@ from connectors.kafka_config import KafkaSink
 from pipelines.config import DataIngestionConfig
 from pipelines.ingest import build_ingest
 from pipelines.options import pipeline_options
+from pipelines.prism import PrismServer, own_prism_args
+from pipelines.shutdown import close_sources
 
 __all__ = ["start", "wait_until_stopped", "run_until_stopped"]
 
 _LOGGER = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.5
+
+# Per submitted job: its own Prism server (if any) and when it started.
+_RUNS: dict[int, tuple[PrismServer | None, float]] = {}
 
 
 # Kafka does not answer (yet): a timeout or a refused connection. Anything else
@@ -80,10 +89,20 @@ def start(config: DataIngestionConfig, beam_args: Sequence[str]) -> PipelineResu
     """Builds and submits the pipeline; returns the running job."""
     if config.kafka.create_topics:
         _ensure_topics_when_reachable(config.kafka)
-    pipeline = beam.Pipeline(options=pipeline_options(config, beam_args))
+    options = pipeline_options(config, beam_args)
+    args, prism = own_prism_args(beam_args, options.view_as(StandardOptions).runner)
+    if prism is not None:
+        options = pipeline_options(config, [*args, f"--job_endpoint={prism.start()}"])
+    pipeline = beam.Pipeline(options=options)
     build_ingest(pipeline, config)
     sigint_handler = signal.getsignal(signal.SIGINT)
-    result = pipeline.run()
+    try:
+        result = pipeline.run()
+    except BaseException:
+        if prism is not None:
+            prism.stop()
+        raise
+    _RUNS[id(result)] = (prism, time.monotonic())
     if threading.current_thread() is threading.main_thread():
         # Beam's launcher replaces the SIGINT handler with one that kills the
         # job server at once; keep ours, which cancels the job first. The job
@@ -106,7 +125,22 @@ def _state(result: PipelineResult) -> str | None:
 
 
 def wait_until_stopped(result: PipelineResult, stop: threading.Event, name: str) -> str:
-    """Blocks until `stop` is set or the job ends, then cancels it if running."""
+    """Blocks until `stop` is set or the job ends, then cancels it if running.
+
+    Then stops the job's own Prism, closes the sources and logs what they left.
+    """
+    state = "UNKNOWN"
+    try:
+        state = _wait(result, stop, name)
+        return state
+    finally:
+        prism, started = _RUNS.pop(id(result), (None, time.monotonic()))
+        if prism is not None:
+            prism.stop()
+        close_sources(name, state, ran_seconds=time.monotonic() - started)
+
+
+def _wait(result: PipelineResult, stop: threading.Event, name: str) -> str:
     while not stop.wait(_POLL_SECONDS):
         state = _state(result)
         if state is None and stop.wait(_POLL_SECONDS):

@@ -52,6 +52,10 @@ __all__ = [
     "RAISED",
     "CLEARED",
     "alert_to_json",
+    "Defect",
+    "defect_to_json",
+    "InspectionResult",
+    "inspection_to_json",
 ]
 
 
@@ -105,6 +109,7 @@ class Reason(enum.StrEnum):
     """Stable dead-letter reason codes: consumers may switch on them."""
 
     UNDECODABLE = "undecodable"
+    WRONG_FRAME = "wrong_frame"  # an image of the wrong size or depth, or not an image
     NOT_AN_OBJECT = "not_an_object"
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"
@@ -160,6 +165,55 @@ class Feature(NamedTuple):
     meta: Mapping[str, str]
 
 
+class Defect(NamedTuple):
+    """One defect an inspection camera found on one image (glass-line.md §2.3).
+
+    `camera` is the source name, `ts` the image's capture time. On a container
+    `x_mm` is the position around the article (circumference from the
+    station's 0 deg view), `y_mm` the height from the base; `width_mm` and
+    `height_mm` bound the defect's core. `severity` is `critical`, `major` or
+    `minor`; `confidence` 0..1 of the class. `meta`: `defect_id` (camera,
+    frame, index: unique), `article_id`, `mould_number`, `section`, `station`,
+    `zone`, `decision`, `reject_code`, and `crop` (a JPEG file) when crops are on.
+    """
+
+    camera: str
+    ts: float
+    frame_id: int
+    defect_class: str
+    x_mm: float
+    y_mm: float
+    width_mm: float
+    height_mm: float
+    area_mm2: float
+    severity: str
+    confidence: float
+    meta: Mapping[str, str]
+
+
+class InspectionResult(NamedTuple):
+    """The verdict on one article: every image of it seen, accepted or rejected.
+
+    One per article, including the good ones: the denominator of every reject
+    rate. `ts` is its last image's capture time; `reject_codes` the distinct
+    defect classes that rejected it; `images` how many of `image_count` arrived
+    (`complete` False when some were lost: the verdict is then on what was seen).
+    """
+
+    camera: str
+    ts: float
+    article_id: int
+    mould_number: int | None
+    section: int | None
+    decision: str
+    reject_codes: tuple[str, ...]
+    defect_count: int
+    images: int
+    image_count: int
+    complete: bool
+    meta: Mapping[str, str]
+
+
 class Severity(enum.StrEnum):
     WARNING = "warning"  # worth a look: outside the normal range, a frozen instrument
     ALARM = "alarm"  # act: the process or an instrument is not what it should be
@@ -181,6 +235,12 @@ class AlertRule(enum.StrEnum):
     DATA_DROPPED = "data_dropped"  # received, then dropped: the spool was over its limits
     NODE_UNAVAILABLE = "node_unavailable"  # a configured node/register the device does not have
     SOURCE_EVENT = "source_event"  # an event or alarm the source itself reported
+    # Raised by the pipeline's periodic health check (data_ingestion.monitoring):
+    SOURCE_UNHEALTHY = "source_unhealthy"  # disconnected, or silent beyond its expected interval
+    SINK_UNHEALTHY = "sink_unhealthy"  # Kafka does not accept records
+    CAMERA_LINK_LOST = "camera_link_lost"  # MIK-1 E003: no frames from the camera
+    LOW_IMAGE_QUALITY = "low_image_quality"  # MIK-1 W002: brightness out of 128 +/- 20
+    BAD_MOULD = "bad_mould"  # one mould's reject rate stands out from the others
 
 
 class Alert(NamedTuple):
@@ -333,6 +393,46 @@ def alert_to_json(alert: Alert) -> bytes:
             "expected_high": alert.expected_high,
             "detail": alert.detail,
             "meta": alert.meta if type(alert.meta) is dict else dict(alert.meta),
+        }
+    )
+
+
+def defect_to_json(defect: Defect) -> bytes:
+    """One JSON object per defect (topic `kafka.topics.defects`)."""
+    return orjson.dumps(
+        {
+            "camera": defect.camera,
+            "ts": format_ts(defect.ts),
+            "frame_id": defect.frame_id,
+            "defect_class": defect.defect_class,
+            "x_mm": defect.x_mm,
+            "y_mm": defect.y_mm,
+            "width_mm": defect.width_mm,
+            "height_mm": defect.height_mm,
+            "area_mm2": defect.area_mm2,
+            "severity": defect.severity,
+            "confidence": defect.confidence,
+            "meta": defect.meta if type(defect.meta) is dict else dict(defect.meta),
+        }
+    )
+
+
+def inspection_to_json(result: InspectionResult) -> bytes:
+    """One JSON object per inspected article (topic `kafka.topics.inspections`)."""
+    return orjson.dumps(
+        {
+            "camera": result.camera,
+            "ts": format_ts(result.ts),
+            "article_id": result.article_id,
+            "mould_number": result.mould_number,
+            "section": result.section,
+            "decision": result.decision,
+            "reject_codes": list(result.reject_codes),
+            "defect_count": result.defect_count,
+            "images": result.images,
+            "image_count": result.image_count,
+            "complete": result.complete,
+            "meta": result.meta if type(result.meta) is dict else dict(result.meta),
         }
     )
 

@@ -5,7 +5,8 @@ and §3) with injectable sensor faults and their ground truth;
 `mqtt_line.MqttLinePublisher` publishes it to an MQTT broker, live or as a
 counted burst with malformed messages mixed in; `opcua_line.OpcUaLineServer`
 serves it as an asyncua OPC UA server (ISA-95 address space, history, faults,
-events, security).
+events, security); `mik1_camera.Mik1Camera` is the MIK-1 inspection camera
+(MJPEG over HTTP, driven by the same model).
 
 `run_simulation(config_path)` reads the pipeline's own config file
 (`data_ingestion_config.json`) and simulates what it reads:
@@ -27,19 +28,31 @@ events, security).
   on that port, all of them in one `ModbusDevices`. A port that already
   answers is left alone; a source whose `transport` is not the endpoint's
   framing, or that reads a unit id the endpoint does not have, is logged;
+- every camera source whose `url` is an `http://` URL on this machine
+  (`http://127.0.0.1:8081/stream.mjpg`) gets the simulated MIK-1 camera
+  (`simulators.mik1_camera`, in a child process: `simulators.mik1_simulation`)
+  on the URL's port, one per distinct port, at the frame size the source
+  expects (`frame_width`/`frame_height`; without them 1280 x 1024). A port that
+  already answers is left alone; a path other than `/stream.mjpg` (the
+  camera answers 404 there), and a station calibration (`mm_per_px`) that is
+  not the camera's, are logged;
 - a tag that an OPC UA source reads (`sources.opcua[i].nodes[j].tag`) or a
   Modbus source reads (`registers[].tag`, `units[].registers[].tag`) is not
   published over MQTT, so each reading comes from one protocol; a tag that
   both an OPC UA and a Modbus source read is logged (the pipeline would get
   it twice: give the field device's register a tag of its own);
-- all of them run one plant: the same seed and start time, so that tags read
-  over different protocols agree (a reversal is one reversal everywhere).
+- all of them run one plant: the same seed, start time and speedup, so that
+  tags read over different protocols agree (a reversal is one reversal
+  everywhere) and the camera rejects what the model's `mik1.reject_rate` says.
 
-Remote OPC UA and Modbus endpoints, Modbus serial lines (`transport` rtu:
-`python -m simulators.modbus_devices --serial` serves one) and camera sources
-are not simulated (logged). Injected model faults (`fault_rate_per_hour`) go
-to the MQTT and OPC UA tags; the Modbus devices have faults of their own
-(`python -m simulators.modbus_devices --control`).
+Remote OPC UA, Modbus and camera endpoints, Modbus serial lines (`transport`
+rtu: `python -m simulators.modbus_devices --serial` serves one), and camera
+sources that are not MJPEG over plain HTTP (`https://`, `input` video or
+folder: `python -m simulators.mik1_camera --video FILE` or `--folder DIR`
+writes one) are not simulated (logged). Injected model faults
+(`fault_rate_per_hour`) go to the MQTT and OPC UA tags; the Modbus devices and
+the camera have faults of their own (`python -m simulators.modbus_devices
+--control`, `python -m simulators.mik1_camera --scenario ...`).
 
 Example::
 
@@ -50,6 +63,9 @@ Example::
     #   "nodes": [{"node_id": "nsu=urn:glassplant:sim;s=LineC.Furnace.CrownTemp.Z2",
     #              "tag": "furnace.crown_temp_z2"}]}]: a server on port 4840, and
     # furnace.crown_temp_z2 no longer over MQTT
+    # with "camera": [{"name": "mik1", "url": "http://127.0.0.1:8081/stream.mjpg",
+    #   "frame_width": 640, "frame_height": 512}]: the MIK-1 camera on port 8081,
+    # 640 x 512 frames
 
     from simulators import run_simulation
     run_simulation("data_ingestion_config.json", duration_seconds=60, speedup=10.0)
@@ -66,11 +82,12 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from simulators.glass_line import TAG_BY_NAME, TAGS, Fault, GlassLine, TagSpec, random_faults
+from simulators.mik1_stream import STREAM_PATH as _CAMERA_STREAM_PATH
 from simulators.mqtt_line import (
     BurstResult,
     MqttLinePublisher,
@@ -82,6 +99,7 @@ from simulators.mqtt_line import (
 from simulators.opcua_address_space import NAMESPACE_URI, node_path, opcua_tags
 
 if TYPE_CHECKING:
+    from simulators.mik1_simulation import SimulatedCamera
     from simulators.modbus_devices import ModbusDevices
     from simulators.opcua_line import OpcUaLineServer
 
@@ -89,6 +107,7 @@ __all__ = [
     "TAGS",
     "BrokerPlan",
     "BurstResult",
+    "CameraPlan",
     "Fault",
     "GlassLine",
     "ModbusPlan",
@@ -98,6 +117,7 @@ __all__ = [
     "RunResult",
     "TagSpec",
     "brokers_from_config",
+    "cameras_from_config",
     "malformed_payloads",
     "modbus_endpoints_from_config",
     "modbus_read_tags",
@@ -116,7 +136,6 @@ _DEFAULT_MODBUS_PORT = 502
 _DEFAULT_QOS = 1
 _DEFAULT_TOPICS = ("plant/#",)
 _JOIN_POLL_SECONDS = 0.2
-_NOT_SIMULATED = ("camera",)
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _OPC_SCHEME = "opc.tcp"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -173,6 +192,30 @@ class ModbusPlan:
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class CameraPlan:
+    """One simulated MIK-1 camera, and the configured camera sources that read it.
+
+    `width` and `height` are the frame size the sources expect (their
+    `frame_width`/`frame_height`; None: the camera's default, 1280 x 1024).
+    `entries` are the sources' config entries by path, for the calibration check.
+    """
+
+    host: str
+    port: int
+    width: int | None
+    height: int | None
+    sources: tuple[str, ...]
+    entries: tuple[tuple[str, Mapping[str, Any]], ...] = field(
+        default=(), compare=False, repr=False
+    )
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{_CAMERA_STREAM_PATH}"
 
 
 def __getattr__(name: str) -> Any:
@@ -444,6 +487,100 @@ def modbus_endpoints_from_config(
     ]
 
 
+def cameras_from_config(config: Mapping[str, Any]) -> list[CameraPlan]:
+    """The MIK-1 cameras to simulate: one per local port of `config["sources"]["camera"]`.
+
+    A source is served when its `input` is mjpeg (the default) and its `url` is
+    `http://` on this machine; others (remote, `https://`, video, folder) are
+    logged and skipped. Raises ValueError naming the path of every bad entry,
+    e.g. `sources.camera[0].url: 'http://x:y/' is not a URL (use http://host:port/stream.mjpg)`.
+    """
+    entries = (config.get("sources") or {}).get("camera") or []
+    errors: list[str] = []
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for i, entry in enumerate(entries):
+        at = f"sources.camera[{i}]"
+        if not isinstance(entry, Mapping):
+            errors.append(f"{at}: expected an object, got {type(entry).__name__}")
+            continue
+        name = str(entry.get("name", at))
+        kind = entry.get("input", "mjpeg")
+        if kind != "mjpeg":
+            _LOGGER.warning(
+                "simulator: %s (%s) is not simulated: input %s (the simulated camera serves MJPEG"
+                " over HTTP; python -m simulators.mik1_camera --video FILE or --folder DIR"
+                " writes frames)",
+                at,
+                name,
+                kind,
+            )
+            continue
+        url = _expand(entry.get("url"))
+        try:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            port = parts.port if parts is not None else None
+        except ValueError:
+            parts, port = None, None
+        if parts is None or not parts.scheme or not parts.hostname:
+            errors.append(f"{at}.url: {url!r} is not a URL (use http://host:port/stream.mjpg)")
+            continue
+        if parts.scheme != "http":
+            _LOGGER.warning(
+                "simulator: %s (%s) is not simulated: %s is not plain http:// (the simulated"
+                " camera serves http://host:port%s)",
+                at,
+                name,
+                url,
+                _CAMERA_STREAM_PATH,
+            )
+            continue
+        host = parts.hostname
+        if host not in _LOCAL_HOSTS:
+            _LOGGER.warning(
+                "simulator: %s (%s) is not simulated: %s is not this machine", at, name, url
+            )
+            continue
+        if parts.path != _CAMERA_STREAM_PATH:
+            _LOGGER.warning(
+                "simulator: %s.url %s: the simulated camera serves its stream on %s and answers"
+                " 404 on %s",
+                at,
+                url,
+                _CAMERA_STREAM_PATH,
+                parts.path or "/",
+            )
+        size = []
+        for key in ("frame_width", "frame_height"):
+            value = entry.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536
+            ):
+                errors.append(f"{at}.{key}: {value!r} is not a frame size in pixels")
+                value = None
+            size.append(value)
+        plan = merged.setdefault(
+            (host, port or 80), {"size": tuple(size), "names": [], "entries": []}
+        )
+        if plan["size"] != tuple(size):
+            _LOGGER.warning(
+                "simulator: %s (%s) expects %s x %s frames, but another source reads the same"
+                " camera at %s x %s: the camera serves the first",
+                at,
+                name,
+                *size,
+                *plan["size"],
+            )
+        plan["names"].append(name)
+        plan["entries"].append((at, entry))
+    if errors:
+        raise ValueError("invalid camera sources:\n  " + "\n  ".join(errors))
+    return [
+        CameraPlan(host, port, width, height, tuple(plan["names"]), tuple(plan["entries"]))
+        for (host, port), plan in merged.items()
+        for width, height in [plan["size"]]
+    ]
+
+
 def _check_node_id(at: str, node_id: Any, tag: str) -> None:
     # Only the string identifier can be compared: the index (ns=2) or URI
     # form is the connector's to resolve, and a source with a namespace_uri
@@ -531,6 +668,25 @@ def _modbus_devices(
     ]
 
 
+def _cameras(
+    plans: Sequence[CameraPlan], *, speedup: float, seed: int, start_ts: float
+) -> list[SimulatedCamera]:
+    from simulators.mik1_simulation import SimulatedCamera
+
+    cameras = []
+    for plan in plans:
+        if _port_answers(plan.host, plan.port):
+            _LOGGER.warning(
+                "simulator: something already listens on %s (%s): no simulated camera started"
+                " there",
+                plan.url,
+                ", ".join(plan.sources),
+            )
+            continue
+        cameras.append(SimulatedCamera(plan, seed=seed, start_ts=start_ts, speedup=speedup))
+    return cameras
+
+
 def _warn_read_twice(config: Mapping[str, Any]) -> None:
     for tag in sorted(opcua_read_tags(config) & modbus_read_tags(config)):
         _LOGGER.warning(
@@ -545,10 +701,6 @@ def _load(config_path: str) -> dict[str, Any]:
         config = json.load(file)
     if not isinstance(config, dict):
         raise ValueError(f"{config_path}: expected a JSON object at the top level")
-    for kind in _NOT_SIMULATED:
-        for i, entry in enumerate((config.get("sources") or {}).get(kind) or []):
-            name = entry.get("name", "?") if isinstance(entry, Mapping) else "?"
-            _LOGGER.warning("simulator: sources.%s[%d] (%s) is not simulated yet", kind, i, name)
     return config
 
 
@@ -604,10 +756,10 @@ def run_simulation(
     start_ts: float | None = None,
     modbus_ports: Mapping[str, int] | None = None,
 ) -> None:
-    """Simulate every MQTT broker, local OPC UA server and Modbus endpoint of the config.
+    """Simulate every MQTT broker, local OPC UA server, Modbus endpoint and camera of the config.
 
-    Runs one thread per MQTT publisher, per OPC UA server and per Modbus host
-    for `duration_seconds` of wall time (None: until `stop_event` is set or
+    Runs one thread per MQTT publisher, per OPC UA server, per Modbus host and
+    per camera (whose camera runs in a child process) for `duration_seconds` of wall time (None: until `stop_event` is set or
     Ctrl-C). One that fails (a broker is unreachable, a port cannot be bound)
     stops the others and its error is raised here. `ground_truth_path`, when
     given, receives the injected faults of all of them as JSON (each label
@@ -619,6 +771,7 @@ def run_simulation(
     plans = brokers_from_config(config)
     opcua_plans = opcua_servers_from_config(config)
     modbus_plans = modbus_endpoints_from_config(config, modbus_ports)
+    camera_plans = cameras_from_config(config)
     _warn_read_twice(config)
     # One plant for every protocol: the same seed and start time give the same samples.
     if start_ts is None:
@@ -640,17 +793,20 @@ def run_simulation(
         fault_rate_per_hour=fault_rate_per_hour,
     )
     field_devices = _modbus_devices(modbus_plans, speedup=speedup, seed=seed, start_ts=start_ts)
-    if not publishers and not servers and not field_devices:
+    cameras = _cameras(camera_plans, speedup=speedup, seed=seed, start_ts=start_ts)
+    if not publishers and not servers and not field_devices and not cameras:
         _LOGGER.warning(
-            "simulator: %s configures no MQTT, local OPC UA or local Modbus source: nothing to"
-            " simulate",
+            "simulator: %s configures no MQTT, local OPC UA, local Modbus or local camera source:"
+            " nothing to simulate",
             config_path,
         )
         return
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    def serve(runner: MqttLinePublisher | OpcUaLineServer | ModbusDevices) -> None:
+    def serve(
+        runner: MqttLinePublisher | OpcUaLineServer | ModbusDevices | SimulatedCamera,
+    ) -> None:
         try:
             runner.run(duration_seconds, stop)
         except BaseException as err:  # noqa: BLE001 - handed to the caller's thread below
@@ -669,6 +825,10 @@ def run_simulation(
         + [
             threading.Thread(target=serve, args=(d,), name=f"modbus-devices[{d.address}]")
             for d in field_devices
+        ]
+        + [
+            threading.Thread(target=serve, args=(c,), name=f"mik1-camera[{c.host}:{c.port}]")
+            for c in cameras
         ]
     )
     for thread in threads:

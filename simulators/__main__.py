@@ -1,10 +1,11 @@
-"""`python -m simulators`: the simulated glass line for the config's MQTT, OPC UA, Modbus sources.
+"""`python -m simulators`: the simulated glass line for the config's MQTT, OPC UA, Modbus, cameras.
 
 Live (paced by plant time, until Ctrl-C or `--duration` wall seconds): the line
 is published to every MQTT broker of the config, served by an OPC UA server
-on the port of every local `sources.opcua[i].endpoint` and by the simulated
+on the port of every local `sources.opcua[i].endpoint`, by the simulated
 Modbus field devices on every local Modbus port they own (5020-5023; tags read
-over OPC UA or Modbus are not published over MQTT; see
+over OPC UA or Modbus are not published over MQTT) and by the simulated MIK-1
+camera on the port of every local `http://` `sources.camera[i].url` (see
 `simulators.run_simulation`)::
 
     python -m simulators --config data_ingestion_config.json --speedup 10 --duration 60

@@ -369,7 +369,9 @@ class _EmitFeatures(beam.DoFn):
         shard.panes[key] = (after.seen, after.emitted)
         progress.write(shard)
         if emitted and after.seen == seen:
-            return  # a pane that adds nothing
+            # A pane that adds nothing. (A comment after this `return` would make
+            # Beam's source check take it for `return <value>` and warn.)
+            return
         late = pane.timing == PaneInfoTiming.LATE
         yield _to_feature(
             self._spec, self._config, self._expected, key, stats, bounds, emitted, late

@@ -22,8 +22,10 @@ raises `ConfigError`. Errors read `path: problem, value, fix`::
 
 The helpers `join_path`, `check_range`, `check_name`, `check_file`,
 `check_credentials` and `check_unique` write those lines for `validate`
-methods. Nothing here connects to anything: a config is checked before any
-client exists.
+methods. A field declared `secret()` (a password, a token) stays out of
+reprs and error messages, and `secret_values` lists what it holds so that
+logs can mask it. Nothing here connects to anything: a config is checked
+before any client exists.
 
 Example::
 
@@ -68,6 +70,8 @@ __all__ = [
     "check_file",
     "check_credentials",
     "check_unique",
+    "secret",
+    "secret_values",
     "SourceBase",
 ]
 
@@ -183,6 +187,53 @@ def check_unique(path: str, values: list[str], key: str) -> list[str]:
             )
         first.setdefault(value, index)
     return errors
+
+
+def secret(default: Any = None, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field that holds a secret (a password, a token): `password: str | None = secret()`.
+
+    It is left out of the dataclass's repr, an error about it never shows its
+    value, and `secret_values` finds it (every string in it), so that logs can
+    mask it. `secret(dataclasses.MISSING)` makes it required.
+    """
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(
+            default_factory=default_factory, repr=False, metadata={"secret": True}
+        )
+    return dataclasses.field(default=default, repr=False, metadata={"secret": True})
+
+
+def secret_values(config: object) -> set[str]:
+    """Every non-empty string held in a `secret()` field anywhere inside `config`."""
+    found: set[str] = set()
+
+    def walk(node: object) -> None:
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            for field in dataclasses.fields(node):
+                value = getattr(node, field.name)
+                if field.metadata.get("secret"):
+                    found.update(_strings(value))
+                else:
+                    walk(value)
+        elif isinstance(node, Mapping):
+            for item in node.values():
+                walk(item)
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+
+    walk(config)
+    return found
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, Mapping):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in _strings(item)]
+    return []
 
 
 # ---------------------------------------------------------------- the loader
@@ -374,7 +425,16 @@ def load_dataclass(cls: type[T], data: object, path: str, errors: list[str]) -> 
         if field is None:
             errors.append(f"{where}: unknown key ({_suggest(key, list(fields))})")
             continue
-        converted = _convert(hints[key], value, where, errors, field.metadata.get("noun"))
+        if field.metadata.get("secret"):
+            # An error about a secret names its type, never the value.
+            found: list[str] = []
+            converted = _convert(hints[key], value, where, found)
+            if found:
+                hint, nullable = _unwrap_optional(hints[key])
+                or_null = " or null" if nullable else ""
+                errors.append(f"{where}: must be {_expected(hint)}{or_null} (not shown: a secret)")
+        else:
+            converted = _convert(hints[key], value, where, errors, field.metadata.get("noun"))
         if converted is _INVALID:
             broken.append(where)
         else:

@@ -2,8 +2,9 @@
 
 The repo's `data_ingestion_config.json` runs as `simulate` and `demo` run it,
 moved off the shared ports: its Modbus sources onto free loopback ports
-(`modbus_ports`), its MQTT source onto a private broker (its OPC UA source is
-left out: `test_opcua_line.py` covers that server). Every register of every
+(`modbus_ports`), its MQTT source onto a private broker (its OPC UA source and
+camera are left out: `test_opcua_line.py` and `test_simulation_camera.py`
+cover those). Every register of every
 configured unit is read back with pymodbus and decoded as the connector
 decodes it. A model tag's value must be one the plant model sampled since
 `start_ts` with the run's seed, which is what the OPC UA server and the MQTT
@@ -87,6 +88,7 @@ def demo_config(mqtt_port: int) -> tuple[dict[str, Any], dict[str, int]]:
     (iot,) = config["sources"]["mqtt"]
     iot["port"] = mqtt_port
     del config["sources"]["opcua"]
+    del config["sources"]["camera"]  # on port 8081, for test_simulation_camera.py to cover
     return config, ports
 
 

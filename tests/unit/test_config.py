@@ -115,7 +115,17 @@ def test_repo_config_loads_with_the_demo_source_and_line_c_hard_limits() -> None
         "rtu_over_tcp",
         [1, 2, 3, 4, 5, 6],
     )
-    assert config.sources.camera == ()
+    (mik1,) = config.sources.camera
+    # The simulated MIK-1 (run_simulation serves it), at a quarter of its default pixels.
+    assert (mik1.name, mik1.url, mik1.frame_width, mik1.frame_height) == (
+        "mik1",
+        "http://127.0.0.1:8081/stream.mjpg",
+        640,
+        512,
+    )
+    assert [(s.station, s.zone) for s in mik1.stations] == [
+        (1, "finish"), (3, "neck"), (4, "bottom"), (5, "body"), (6, "finish"), (7, "bottom")
+    ]  # fmt: skip
     hard_limits = {
         tag: (rule.min, rule.max)
         for tag in ("furnace.crown_temp_z2", "feeder.gob_temp", "is.blank_mould_temp_s7")
@@ -464,8 +474,14 @@ def test_rule_for_prefers_the_exact_tag_then_the_longest_pattern(
             ("sources", "mqtt", 0, "topics"),
             ("a/#", "b"),
         ),
-        ("DI_MONITORING", '{"interval_seconds": 60}', ("monitoring",), {"interval_seconds": 60}),
-        ("DI_MONITORING__MODE", "fast", ("monitoring", "mode"), "fast"),
+        ("DI_MONITORING__HTTP_PORT", "9200", ("monitoring", "http_port"), 9200),
+        ("DI_MONITORING__HEALTH_TOPIC", "123", ("monitoring", "health_topic"), "123"),
+        (
+            "DI_MONITORING__STATUS_TAGS",
+            '["furnace.crown_temp_z2"]',
+            ("monitoring", "status_tags"),
+            ("furnace.crown_temp_z2",),
+        ),
         (
             "DI_FEATURES__ALLOWED_LATENESS_SECONDS",
             "30",
@@ -657,4 +673,4 @@ def test_check_config_of_the_repo_config(capsys: pytest.CaptureFixture[str]) -> 
     path = str(_REPO / "data_ingestion_config.json")
     assert check_config(path, environ={}) == 0
     sources = "mqtt iot, opcua furnace, " + ", ".join(f"modbus {name}" for name in DEFAULT_PORTS)
-    assert capsys.readouterr().out == f"OK: {path} (6 sources: {sources})\n"
+    assert capsys.readouterr().out == f"OK: {path} (7 sources: {sources}, camera mik1)\n"
