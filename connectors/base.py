@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import itertools
 import logging
 import random
@@ -78,6 +79,7 @@ __all__ = [
     "BatchCoder",
     "SourcePacing",
     "SplitRecords",
+    "ReceiverSource",
     "flatten_outputs",
     "source_alert",
 ]
@@ -610,19 +612,69 @@ class SourcePacing:
         )
 
 
+class ReceiverSource(UnboundedSource):
+    """One configured endpoint read by one `Receiver`: one restriction, never split.
+
+    A live connection cannot be shared by two readers (an MQTT client id is one
+    session, a Modbus line one master); scale out with more sources instead.
+    `receiver(config)` builds the receiver; `key` names its connection in the
+    process, so a reader on another DoFn instance takes it over.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        receiver: Callable[[Any], Receiver[Any]],
+        config: Any,
+        *,
+        max_batch: int,
+        max_skew_seconds: float,
+    ) -> None:
+        self.key = key
+        self.receiver = receiver
+        self.config = config
+        self.max_batch = max_batch
+        self.max_skew_seconds = max_skew_seconds
+
+    def split(self, desired_num_splits: int, options: Any = None) -> list[UnboundedSource]:
+        return [self]
+
+    def create_reader(self, options: Any, checkpoint_mark: Any) -> UnboundedReader:
+        # Resuming needs no position: what was not committed is with the
+        # broker (MQTT), in the spool, or never existed (a live camera).
+        return PushReader(
+            self.key,
+            functools.partial(self.receiver, self.config),
+            max_batch=self.max_batch,
+            max_skew_seconds=self.max_skew_seconds,
+        )
+
+    def get_checkpoint_mark_coder(self) -> coders.Coder:
+        return AckCheckpointMarkCoder()
+
+    def default_output_coder(self) -> coders.Coder:
+        return BatchCoder()
+
+
 class SplitRecords(beam.DoFn):
-    """A drained batch -> one list of readings; each dead letter and alert on its own."""
+    """A drained batch -> one list of readings; every other record on its output.
+
+    `outputs` maps record types to output tags; alerts go to ALERTS and
+    anything else (dead letters) to DEAD_LETTER unless it says otherwise.
+    """
+
+    def __init__(self, outputs: dict[type, str] | None = None) -> None:
+        self._outputs = {Alert: ALERTS, **(outputs or {})}
 
     def process(self, batch: list[Any]) -> Iterator[Any]:
         readings = []
+        outputs = self._outputs
         for item in batch:
             kind = type(item)
             if kind is Reading:
                 readings.append(item)
-            elif kind is Alert:
-                yield beam.pvalue.TaggedOutput(ALERTS, item)
             else:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+                yield beam.pvalue.TaggedOutput(outputs.get(kind, DEAD_LETTER), item)
         if readings:
             yield readings
 

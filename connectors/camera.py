@@ -53,19 +53,16 @@ from typing import IO, Any, NamedTuple
 import apache_beam as beam
 import cv2
 import numpy as np
-from apache_beam import coders
-from apache_beam.io.unbounded_source import UnboundedReader, UnboundedSource
 
 from connectors.base import (
     ALERTS,
     DEAD_LETTER,
     READINGS,
-    AckCheckpointMarkCoder,
     Backoff,
-    BatchCoder,
-    PushReader,
     Receiver,
+    ReceiverSource,
     SourcePacing,
+    SplitRecords,
     flatten_outputs,
     run_connection_loop,
     source_alert,
@@ -114,6 +111,7 @@ _MIK1_HEADERS = (
 )
 
 _source_alert = functools.partial(source_alert, _SOURCE)
+_CAMERA_OUTPUTS = {Defect: DEFECTS, InspectionResult: INSPECTIONS}
 
 Item = Reading | Defect | InspectionResult | DeadLetter | Any
 
@@ -768,54 +766,6 @@ def _release_video(capture: list[Any]) -> None:
 # -- Beam source --------------------------------------------------------------------
 
 
-class _CameraUnboundedSource(UnboundedSource):
-    """One camera: one restriction, one connection, one detection thread."""
-
-    def __init__(self, config: CameraSource, *, max_batch: int, max_skew_seconds: float) -> None:
-        self.config = config
-        self.max_batch = max_batch
-        self.max_skew_seconds = max_skew_seconds
-
-    def split(self, desired_num_splits: int, options: Any = None) -> list[UnboundedSource]:
-        return [self]
-
-    def create_reader(self, options: Any, checkpoint_mark: Any) -> UnboundedReader:
-        config = self.config
-        return PushReader(
-            f"camera/{config.name}",
-            lambda: _CameraReceiver(config),
-            max_batch=self.max_batch,
-            max_skew_seconds=self.max_skew_seconds,
-        )
-
-    def get_checkpoint_mark_coder(self) -> coders.Coder:
-        return AckCheckpointMarkCoder()
-
-    def default_output_coder(self) -> coders.Coder:
-        return BatchCoder()
-
-
-class _SplitCameraRecords(beam.DoFn):
-    """A drained batch -> readings as one list; defects, results, alerts, dead letters apart."""
-
-    def process(self, batch: list[Any]) -> Iterator[Any]:
-        readings = []
-        for item in batch:
-            kind = type(item)
-            if kind is Reading:
-                readings.append(item)
-            elif kind is Defect:
-                yield beam.pvalue.TaggedOutput(DEFECTS, item)
-            elif kind is InspectionResult:
-                yield beam.pvalue.TaggedOutput(INSPECTIONS, item)
-            elif kind is DeadLetter:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
-            else:
-                yield beam.pvalue.TaggedOutput(ALERTS, item)
-        if readings:
-            yield readings
-
-
 class ReadFromCamera(beam.PTransform):
     """Reads cameras; returns `{READINGS, DEFECTS, INSPECTIONS, ALERTS, DEAD_LETTER}`.
 
@@ -850,7 +800,9 @@ class ReadFromCamera(beam.PTransform):
         names = (READINGS, DEFECTS, INSPECTIONS, ALERTS, DEAD_LETTER)
         outputs: dict[str, list[beam.PCollection]] = {name: [] for name in names}
         for config in self._sources:
-            source = _CameraUnboundedSource(
+            source = ReceiverSource(
+                f"camera/{config.name}",
+                _CameraReceiver,
                 config,
                 max_batch=self._pacing.max_batch,
                 max_skew_seconds=self._pacing.max_skew_seconds,
@@ -859,7 +811,7 @@ class ReadFromCamera(beam.PTransform):
                 pbegin
                 | f"ReadCamera[{config.name}]" >> self._pacing.read(source)
                 | f"SplitCamera[{config.name}]"
-                >> beam.ParDo(_SplitCameraRecords()).with_outputs(*names[1:], main=READINGS)
+                >> beam.ParDo(SplitRecords(_CAMERA_OUTPUTS)).with_outputs(*names[1:], main=READINGS)
             )
             for name, pcolls in outputs.items():
                 pcolls.append(split[name])

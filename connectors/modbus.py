@@ -79,21 +79,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam import coders
-from apache_beam.io.unbounded_source import (
-    UnboundedReader,
-    UnboundedSource,
-)
 
 from connectors.base import (
     ALERTS,
     DEAD_LETTER,
     READINGS,
-    AckCheckpointMarkCoder,
     Backoff,
-    BatchCoder,
-    PushReader,
     Receiver,
+    ReceiverSource,
     SourcePacing,
     SplitRecords,
     flatten_outputs,
@@ -870,33 +863,6 @@ class _ModbusReceiver(Receiver[Item]):
 # -- Beam source --------------------------------------------------------------------
 
 
-class _ModbusUnboundedSource(UnboundedSource):
-    """One configured endpoint: one restriction, one connection."""
-
-    def __init__(self, config: ModbusSource, *, max_batch: int, max_skew_seconds: float) -> None:
-        self.config = config
-        self.max_batch = max_batch
-        self.max_skew_seconds = max_skew_seconds
-
-    def split(self, desired_num_splits: int, options: Any = None) -> list[UnboundedSource]:
-        return [self]
-
-    def create_reader(self, options: Any, checkpoint_mark: Any) -> UnboundedReader:
-        config = self.config
-        return PushReader(
-            f"modbus/{config.address}/{config.name}",
-            lambda: _ModbusReceiver(config),
-            max_batch=self.max_batch,
-            max_skew_seconds=self.max_skew_seconds,
-        )
-
-    def get_checkpoint_mark_coder(self) -> coders.Coder:
-        return AckCheckpointMarkCoder()
-
-    def default_output_coder(self) -> coders.Coder:
-        return BatchCoder()
-
-
 class ReadFromModbus(beam.PTransform):
     """Polls Modbus endpoints; returns `{READINGS, DEAD_LETTER, ALERTS}`.
 
@@ -948,7 +914,9 @@ class ReadFromModbus(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         outputs: dict[str, list[beam.PCollection]] = {READINGS: [], DEAD_LETTER: [], ALERTS: []}
         for config in self._sources:
-            source = _ModbusUnboundedSource(
+            source = ReceiverSource(
+                f"modbus/{config.address}/{config.name}",
+                _ModbusReceiver,
                 config,
                 max_batch=self._pacing.max_batch,
                 max_skew_seconds=self._pacing.max_skew_seconds,

@@ -53,11 +53,6 @@ from typing import Any
 import apache_beam as beam
 import orjson
 import paho.mqtt.client as mqtt
-from apache_beam import coders
-from apache_beam.io.unbounded_source import (
-    UnboundedReader,
-    UnboundedSource,
-)
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -65,11 +60,9 @@ from paho.mqtt.properties import Properties
 from connectors.base import (
     DEAD_LETTER,
     READINGS,
-    AckCheckpointMarkCoder,
     Backoff,
-    BatchCoder,
-    PushReader,
     Receiver,
+    ReceiverSource,
     SourcePacing,
     flatten_outputs,
     run_connection_loop,
@@ -368,37 +361,6 @@ class _MqttReceiver(Receiver[Message]):
                 client.ack(mid, qos)
 
 
-class _MqttUnboundedSource(UnboundedSource):
-    """One configured MQTT source: one restriction, one client."""
-
-    def __init__(self, config: MqttSource, *, max_batch: int, max_skew_seconds: float) -> None:
-        self.config = config
-        self.max_batch = max_batch
-        self.max_skew_seconds = max_skew_seconds
-
-    def split(self, desired_num_splits: int, options: Any = None) -> list[UnboundedSource]:
-        # One client id is one session: two readers would steal each other's
-        # messages. Scale out with $share subscriptions across sources instead.
-        return [self]
-
-    def create_reader(self, options: Any, checkpoint_mark: Any) -> UnboundedReader:
-        # Resuming needs no position: the broker's session holds everything
-        # that was not acknowledged.
-        config = self.config
-        return PushReader(
-            f"mqtt/{config.host}:{config.port}/{config.effective_client_id}",
-            lambda: _MqttReceiver(config),
-            max_batch=self.max_batch,
-            max_skew_seconds=self.max_skew_seconds,
-        )
-
-    def get_checkpoint_mark_coder(self) -> coders.Coder:
-        return AckCheckpointMarkCoder()
-
-    def default_output_coder(self) -> coders.Coder:
-        return BatchCoder()
-
-
 class _ParseMessages(beam.DoFn):
     def __init__(self, config: MqttSource) -> None:
         self._config = config
@@ -477,7 +439,9 @@ class ReadFromMqtt(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         outputs: dict[str, list[beam.PCollection]] = {READINGS: [], DEAD_LETTER: []}
         for config in self._sources:
-            source = _MqttUnboundedSource(
+            source = ReceiverSource(
+                f"mqtt/{config.host}:{config.port}/{config.effective_client_id}",
+                _MqttReceiver,
                 config,
                 max_batch=self._pacing.max_batch,
                 max_skew_seconds=self._pacing.max_skew_seconds,

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from connectors.base import PushReader
-from connectors.modbus import _ModbusUnboundedSource, requests_per_poll
+from connectors.base import PushReader, ReceiverSource
+from connectors.modbus import _ModbusReceiver, requests_per_poll
 from connectors.modbus_config import ModbusSource
 from records import Alert, Reading
 from simulators.modbus_devices import ModbusDevicesProcess, simulated_sources
@@ -43,9 +43,10 @@ class Collected:
     """Everything one reader handed out, drained as the runner would."""
 
     def __init__(self, config: ModbusSource) -> None:
-        reader = _ModbusUnboundedSource(config, max_batch=1000, max_skew_seconds=5.0).create_reader(
-            None, None
+        source = ReceiverSource(
+            "modbus/test", _ModbusReceiver, config, max_batch=1000, max_skew_seconds=5.0
         )
+        reader = source.create_reader(None, None)
         assert isinstance(reader, PushReader)
         self.reader = reader
         self.items: list[Any] = []
