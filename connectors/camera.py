@@ -542,7 +542,7 @@ class _CameraReceiver(Receiver[Item]):
         prefix = f"{name}.station{meta.station}"
         readings = [
             Reading(_SOURCE, name, f"{prefix}.brightness", meta.capture_time,
-                    round(analysis.brightness, 2), "good", "grey level", frame_meta),
+                    round(float(analysis.brightness), 2), "good", "grey level", frame_meta),
             Reading(_SOURCE, name, f"{prefix}.defects", meta.capture_time,
                     float(len(analysis.defects)), "good", "", frame_meta),
             Reading(_SOURCE, name, f"{name}.processing_ms", meta.capture_time,
@@ -668,10 +668,12 @@ class _CameraReceiver(Receiver[Item]):
             }
             if config.crops_dir:
                 defect_meta["crop"] = str(_crop_path(config, meta, found))
+            # Plain floats: the detector may measure in numpy types, which no encoder takes.
             self._deliver(
                 Defect(config.name, meta.capture_time, meta.frame_id, found.defect_class,
-                       found.x_mm, found.y_mm, found.width_mm, found.height_mm, found.area_mm2,
-                       found.severity, round(found.confidence, 3), defect_meta),
+                       float(found.x_mm), float(found.y_mm), float(found.width_mm),
+                       float(found.height_mm), float(found.area_mm2), found.severity,
+                       round(float(found.confidence), 3), defect_meta),
                 now,
             )  # fmt: skip
         self._deliver(
