@@ -6,6 +6,7 @@ import sys
 
 from benchmarks import (
     anomaly_accuracy,
+    camera_detection_quality,
     modbus_to_kafka,
     monitoring_overhead,
     mqtt_to_kafka,
@@ -20,6 +21,7 @@ _BENCHMARKS = {
     "transforms": transforms.main,
     "anomaly_accuracy": anomaly_accuracy.main,
     "monitoring_overhead": monitoring_overhead.main,
+    "camera_detection_quality": camera_detection_quality.main,
 }
 
 if __name__ == "__main__":

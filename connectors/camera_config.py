@@ -67,13 +67,23 @@ class CameraStation:
 class CameraDetection:
     """How defects are found and judged (see README, "Camera source: tuning")."""
 
-    # Defects smaller than this (their longer side) are ignored.
+    # Defects smaller than this (their longer side) are ignored; frames are analysed at
+    # the coarsest scale that keeps it two pixels long.
     min_defect_mm: float = 0.3
-    # A pixel is a defect candidate when it differs from the local background by
-    # more than this fraction of it (MIK-1's DEFECT_SENSITIVITY_THRESHOLD, 0.15).
-    sensitivity: float = 0.15
-    # Background estimate: a blur this many millimetres wide; larger than any defect.
-    background_mm: float = 8.0
+    # A pixel is a defect candidate when it differs from the station's learnt picture by
+    # more than this fraction of its grey level (and by more than its usual noise); the
+    # counterpart of MIK-1's DEFECT_SENSITIVITY_THRESHOLD (nominal 0.15 there, whose
+    # background is not learnt). Lower finds fainter bubbles and more noise.
+    sensitivity: float = 0.10
+    # Largest shift of the article between a station's frames that alignment follows,
+    # in frame pixels (a carousel cell's play plus camera vibration).
+    align_px: int = 24
+    # A frame with more candidates than this is unusable (lamp failure, another
+    # article), not full of defects; ten in a row and the station is learnt anew.
+    max_candidates_per_frame: int = 60
+    # A mark seen in at least this share of a station's last 40 frames at the same
+    # distance from the article's axis is the article's own (mould-number dots).
+    recurring_share: float = 0.25
     # An article with a defect of one of these severities is rejected.
     reject_severities: tuple[str, ...] = ("critical", "major")
     # MIK-1 image quality: mean grey level target and band (W002 outside it).
@@ -86,7 +96,11 @@ class CameraDetection:
         at = functools.partial(join_path, path)
         errors = check_range(at("min_defect_mm"), self.min_defect_mm, above=0)
         errors += check_range(at("sensitivity"), self.sensitivity, above=0, high=1)
-        errors += check_range(at("background_mm"), self.background_mm, above=0)
+        errors += check_range(at("align_px"), self.align_px, 1, 256)
+        errors += check_range(
+            at("max_candidates_per_frame"), self.max_candidates_per_frame, 1, 10_000
+        )
+        errors += check_range(at("recurring_share"), self.recurring_share, above=0, high=1)
         for index, severity in enumerate(self.reject_severities):
             if severity not in SEVERITIES:
                 errors.append(
