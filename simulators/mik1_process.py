@@ -21,12 +21,10 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from simulators.child_process import ChildProcess, free_port
 from simulators.mik1_stream import STREAM_PATH
 
 __all__ = ["Mik1CameraProcess"]
@@ -45,11 +44,10 @@ _LOGGER = logging.getLogger(__name__)
 _DEFAULT_HOST = "127.0.0.1"
 _DEFAULT_STARTUP_TIMEOUT_SECONDS = 60.0
 _DEFAULT_COMMAND_TIMEOUT_SECONDS = 30.0
-_DEFAULT_STOP_TIMEOUT_SECONDS = 15.0
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class Mik1CameraProcess:
+class Mik1CameraProcess(ChildProcess):
     """`python -m simulators.mik1_camera --control ...` as a child process.
 
     Args:
@@ -86,7 +84,7 @@ class Mik1CameraProcess:
         if isinstance(args, str):
             raise ValueError(f"args must be a list of options, got the string {args!r}")
         self.host = host
-        self.port = port if port is not None else _free_port(host)
+        self.port = port if port is not None else free_port(host)
         self.args = list(args)
         self.ground_truth_path = ground_truth_path
         self.folder = folder
@@ -212,40 +210,6 @@ class Mik1CameraProcess:
                     raise TimeoutError(f"mik1-camera: no {name!r} event within {timeout_seconds} s")
                 self._changed.wait(min(left, 0.5))
 
-    def stop(self, timeout_seconds: float = _DEFAULT_STOP_TIMEOUT_SECONDS) -> int | None:
-        """SIGTERM, then SIGKILL if it hangs; returns the exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_seconds)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._close()
-        return proc.returncode
-
-    def kill(self) -> int | None:
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        self._close()
-        return proc.returncode
-
-    def _close(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        if self._reader is not None:
-            self._reader.join(5.0)
-
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -263,10 +227,3 @@ class Mik1CameraProcess:
         self._replies.put(None)
         with self._changed:
             self._changed.notify_all()
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port

@@ -86,7 +86,6 @@ import math
 import os
 import queue
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -96,6 +95,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from simulators.child_process import ChildProcess, free_port
 from simulators.glass_line import GlassLine
 
 __all__ = [
@@ -124,7 +124,6 @@ _STOP_POLL_SECONDS = 0.2
 _FIRST_MINUTE_SECONDS = 60.0
 _DEFAULT_STARTUP_TIMEOUT_SECONDS = 30.0
 _DEFAULT_COMMAND_TIMEOUT_SECONDS = 10.0
-_DEFAULT_STOP_TIMEOUT_SECONDS = 10.0
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _EUROTHERM_FLOAT_BASE = 0x8000
 _LAND_RANGE = (300.0, 800.0)
@@ -1081,7 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- the child process, for tests ----------------------------------------------------
 
 
-class ModbusDevicesProcess:
+class ModbusDevicesProcess(ChildProcess):
     """`python -m simulators.modbus_devices --control ...` as a child process.
 
     Args:
@@ -1097,6 +1096,8 @@ class ModbusDevicesProcess:
     `start()` returns once every port answers; `stop()` ends it (SIGTERM),
     `kill()` is a crash; `start()` again serves on the same ports.
     """
+
+    stop_timeout_seconds = 10.0
 
     def __init__(
         self,
@@ -1117,7 +1118,7 @@ class ModbusDevicesProcess:
         elif self.serial_ports:
             self.ports = {}
         else:
-            self.ports = {name: _free_port(host) for name in _DEFAULT_PORTS}
+            self.ports = {name: free_port(host) for name in _DEFAULT_PORTS}
         self.args = list(args)
         self.startup_timeout_seconds = startup_timeout_seconds
         self._stderr = stderr
@@ -1203,39 +1204,6 @@ class ModbusDevicesProcess:
         labels: list[dict[str, Any]] = self.command("ground-truth")["labels"]
         return labels
 
-    def stop(self, timeout_seconds: float = _DEFAULT_STOP_TIMEOUT_SECONDS) -> int | None:
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_seconds)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._close()
-        return proc.returncode
-
-    def kill(self) -> int | None:
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        self._close()
-        return proc.returncode
-
-    def _close(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        if self._reader is not None:
-            self._reader.join(5.0)
-
     def _next(self, timeout_seconds: float) -> dict[str, Any]:
         try:
             message = self._messages.get(timeout=timeout_seconds)
@@ -1258,13 +1226,6 @@ class ModbusDevicesProcess:
                 continue
             self._messages.put(message)
         self._messages.put(None)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 if __name__ == "__main__":

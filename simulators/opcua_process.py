@@ -22,12 +22,10 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from simulators.child_process import ChildProcess, free_port
+
 __all__ = ["OpcUaLineProcess"]
 
 _LOGGER = logging.getLogger(__name__)
@@ -44,12 +44,10 @@ _LOGGER = logging.getLogger(__name__)
 _DEFAULT_HOST = "127.0.0.1"
 _DEFAULT_STARTUP_TIMEOUT_SECONDS = 60.0
 _DEFAULT_COMMAND_TIMEOUT_SECONDS = 30.0
-_DEFAULT_STOP_TIMEOUT_SECONDS = 15.0
-_READER_JOIN_SECONDS = 5.0
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class OpcUaLineProcess:
+class OpcUaLineProcess(ChildProcess):
     """`python -m simulators.opcua_line --control ...` as a child process, driven over stdin.
 
     Args:
@@ -82,7 +80,7 @@ class OpcUaLineProcess:
         if isinstance(args, str):
             raise ValueError(f"args must be a list of options, got the string {args!r}")
         self.host = host
-        self.port = port if port is not None else _free_port(host)
+        self.port = port if port is not None else free_port(host)
         self.args = list(args)
         self.log_values_path = log_values_path
         self.ground_truth_path = ground_truth_path
@@ -246,41 +244,6 @@ class OpcUaLineProcess:
                     raise TimeoutError(f"opcua-line: no {name!r} event within {timeout_seconds} s")
                 self._changed.wait(min(left, 0.5))
 
-    def stop(self, timeout_seconds: float = _DEFAULT_STOP_TIMEOUT_SECONDS) -> int | None:
-        """Ask the server to quit (SIGTERM, then SIGKILL if it hangs); returns the exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_seconds)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._close()
-        return proc.returncode
-
-    def kill(self) -> int | None:
-        """Kill the server process (a crash: nothing is written at exit)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        self._close()
-        return proc.returncode
-
-    def _close(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        if self._reader is not None:
-            self._reader.join(_READER_JOIN_SECONDS)
-
     def _reader_done(self) -> bool:
         return self._reader is None or not self._reader.is_alive()
 
@@ -309,13 +272,6 @@ def _child_env() -> dict[str, str]:
     paths = [str(_PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _port_answers(host: str, port: int) -> bool:
