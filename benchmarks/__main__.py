@@ -11,6 +11,7 @@ from benchmarks import (
     monitoring_overhead,
     mqtt_to_kafka,
     opcua_to_kafka,
+    spool,
     transforms,
 )
 
@@ -22,6 +23,7 @@ _BENCHMARKS = {
     "anomaly_accuracy": anomaly_accuracy.main,
     "monitoring_overhead": monitoring_overhead.main,
     "camera_detection_quality": camera_detection_quality.main,
+    "spool": spool.main,
 }
 
 if __name__ == "__main__":
