@@ -40,6 +40,11 @@ Usage::
     python -m benchmarks camera_detection_quality --folder frames/ --ground-truth truth.jsonl
     python -m benchmarks camera_detection_quality --articles 400 --article jar --glass amber \
         --sensitivity 0.15 --json
+    python -m benchmarks camera_detection_quality --articles 60 --picture docs/camera_detection.jpg
+
+`--picture` draws one tile per defect class as the README shows it: the
+first true defect of that class found as that class, the detector's box in
+green, the simulator's in red, with class, size and severity.
 """
 
 from __future__ import annotations
@@ -450,6 +455,69 @@ def report(result: Score, timing: Timing, articles: int) -> str:
     return "\n".join(lines)
 
 
+_PICTURE_CLASSES = ("check", "seed", "stone", "finish_defect", "cord", "bird_swing")
+_TILE = 240  # pixels of frame around a defect in each tile of the picture
+
+
+def draw_picture(
+    folder: Path, truth: Truth, found: dict[int, list[FoundDefect]], path: Path
+) -> None:
+    """One tile per class: the first true defect of that class the detector found, the
+    frame around it with the found box (green) and the drawn one (red), and a caption."""
+    tiles = []
+    for wanted in _PICTURE_CLASSES:
+        hit = _first_found(truth, found, wanted)
+        if hit is None:
+            continue
+        frame_id, mark, defect = hit
+        gray = cv2.imread(str(folder / f"{frame_id:09d}.jpg"), cv2.IMREAD_GRAYSCALE)
+        if gray is None:
+            raise SystemExit(f"{folder}: frame {frame_id} does not decode")
+        image = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+        for (x, y, w, h), colour, grow in ((mark.bbox, (40, 40, 230), 6),
+                                           (defect.bbox, (40, 190, 40), 3)):  # fmt: skip
+            cv2.rectangle(image, (x - grow, y - grow), (x + w + grow, y + h + grow), colour, 1)
+        x, y, w, h = defect.bbox
+        left = min(max(x + w // 2 - _TILE // 2, 0), image.shape[1] - _TILE)
+        top = min(max(y + h // 2 - _TILE // 2, 0), image.shape[0] - _TILE)
+        tile = cv2.resize(image[top : top + _TILE, left : left + _TILE], None, fx=1.5, fy=1.5,
+                          interpolation=cv2.INTER_NEAREST)  # fmt: skip
+        caption = np.full((44, tile.shape[1], 3), 255, np.uint8)
+        station = truth.frames[frame_id][1]
+        for row, text in enumerate((f"{defect.defect_class}  {defect.size_mm:.1f} mm  "
+                                    f"{defect.severity}",
+                                    f"drawn: {mark.defect_class} {mark.size_mm:.1f} mm, "
+                                    f"station {station}")):  # fmt: skip
+            cv2.putText(caption, text, (6, 18 + 20 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                        (20, 20, 20), 1, cv2.LINE_AA)  # fmt: skip
+        tiles.append(np.vstack([tile, caption]))
+    if not tiles:
+        raise SystemExit("no defect found to draw: generate more articles")
+    while len(tiles) % 3:
+        tiles.append(np.full_like(tiles[0], 255))
+    rows = [np.hstack(tiles[i : i + 3]) for i in range(0, len(tiles), 3)]
+    if not cv2.imwrite(str(path), np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 88]):
+        raise SystemExit(f"cannot write {path}")
+    print(f"picture: {len(tiles)} tiles -> {path}")
+
+
+def _first_found(
+    truth: Truth, found: dict[int, list[FoundDefect]], wanted: str
+) -> tuple[int, Mark, FoundDefect] | None:
+    """The first frame where a true defect of class `wanted` was found as that class."""
+    for frame_id in sorted(set(truth.marks) & set(truth.frames)):
+        tolerance = max(3, math.ceil(GOAL_MM / truth.stations[truth.frames[frame_id][1]].mm_per_px))
+        for mark in truth.marks[frame_id]:
+            if _cls(mark.defect_class) != wanted:
+                continue
+            for defect in found.get(frame_id, []):
+                if _cls(defect.defect_class) == wanted and matches(
+                    defect.bbox, mark.bbox, tolerance
+                ):
+                    return frame_id, mark, defect
+    return None
+
+
 def _settings(args: argparse.Namespace) -> CameraDetection:
     settings = CameraDetection(sensitivity=args.sensitivity, min_defect_mm=args.min_defect_mm)
     problems = settings.validate("detection")
@@ -477,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sensitivity", type=float, default=CameraDetection.sensitivity)
     parser.add_argument("--min-defect-mm", type=float, default=CameraDetection.min_defect_mm)
     parser.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    parser.add_argument("--picture", type=Path, help="write one annotated frame (JPEG) here")
     args = parser.parse_args(argv)
     scenarios = () if args.no_scenarios else tuple(args.scenario or DEFAULT_SCENARIOS)
     with tempfile.TemporaryDirectory(prefix="camera-quality-") as scratch:
@@ -491,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         truth = load_truth(truth_path)
         found, timing = run_detector(folder, truth, _settings(args))
         result = score(truth, found, _settings(args), timing.learning)
+        if args.picture:
+            draw_picture(folder, truth, found, args.picture)
     articles = len({a for a, _ in truth.frames.values()})
     print(f"camera_detection_quality: seed {truth.run['seed']}, {truth.run['article']}, "
           f"{truth.run['glass']}, {truth.run['width']}x{truth.run['height']}, scenarios "

@@ -157,10 +157,12 @@ def boundary_of(content_type: str) -> str:
 def iter_parts(stream: IO[bytes], boundary: str) -> Iterator[tuple[dict[str, str], bytes]]:
     """(headers, body) per part of a multipart body, headers lower-cased.
 
-    Uses Content-Length when the part has one (MIK-1, most cameras); without
-    it, or when it is not a number, the body runs to the next boundary line
-    (the caller judges such a part). Ends at the closing boundary; raises
-    `LinkLost` when the stream ends anywhere else.
+    Uses Content-Length when the part has one (MIK-1, most cameras): the part
+    is yielded as soon as its body is in, not when the next one begins (a
+    camera that pauses would hold its last frame back). Without it, or when
+    it is not a number, the body runs to the next boundary line (the caller
+    judges such a part). Ends at the closing boundary; raises `LinkLost` when
+    the stream ends anywhere else.
     """
     delimiter = b"--" + boundary.encode("latin-1")
     closing = delimiter + b"--"
@@ -169,11 +171,11 @@ def iter_parts(stream: IO[bytes], boundary: str) -> Iterator[tuple[dict[str, str
         headers = _read_headers(stream)
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) <= _MAX_PART_BYTES:
-            body = _read_exactly(stream, int(declared))
+            yield headers, _read_exactly(stream, int(declared))
             line = _next_delimiter(stream, delimiter, closing)
         else:
             body, line = _read_to_delimiter(stream, delimiter, closing)
-        yield headers, body
+            yield headers, body
 
 
 def _next_delimiter(stream: IO[bytes], delimiter: bytes, closing: bytes) -> bytes:

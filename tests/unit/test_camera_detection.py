@@ -7,7 +7,7 @@
   learns from and does not judge, are not scored): recall (per defect) and
   precision >= 0.95 from 0.5 mm, class accuracy >= 0.85, false rejects of good
   articles < 2 %.
-- A foreign renderer (this file's own few dozen lines: other containers,
+- A foreign renderer (`tests/foreign_camera/frames.py`: other containers,
   frame sizes, scales, defect shapes, sub-pixel jitter, blur, a rotating dot
   pair, JPEG at another quality): the detector still finds its defects, with
   no false ones.
@@ -30,6 +30,7 @@ import pytest
 from benchmarks.camera_detection_quality import Score, generate, load_truth, run_detector, score
 from connectors.camera_config import CameraDetection, CameraStation
 from connectors.camera_detection import DefectDetector, FoundDefect, severity_of
+from tests.foreign_camera.frames import boxes_overlap, foreign_image, through_jpeg
 
 SEED = 11
 ARTICLES = 200
@@ -68,85 +69,6 @@ def test_every_class_of_the_simulated_line_is_found(simulated: Score) -> None:
 
 # -- a foreign renderer -------------------------------------------------------------------
 
-_SHIFT = 4  # cv2 drawing: sub-pixel positions in 1/16 pixel
-
-
-def _fixed(points: list[tuple[float, float]]) -> np.ndarray:
-    return np.rint(np.asarray(points) * (1 << _SHIFT)).astype(np.int32)
-
-
-def _foreign_frame(
-    rng: np.random.Generator, kind: str, size: tuple[int, int], mm: float, defect: str | None
-) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
-    """A back-lit frame of a square flask (side view) or an oval jar's base (with a two-dot
-    code turning with the article), maybe with one defect; and its (class, bbox)."""
-    width, height = size
-    s, one = 1.0 / mm, 1 << _SHIFT
-    cx, cy = width / 2 + rng.uniform(-4, 4), height / 2 + rng.uniform(-4, 4)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = 200.0 - 40.0 * xs / width
-    shape = np.zeros((height, width), np.uint8)
-    if kind == "flask":
-        corners = [(cx - 30 * s, cy - 35 * s), (cx + 30 * s, cy + 35 * s)]
-        cv2.rectangle(shape, *_fixed(corners), 255, -1, cv2.LINE_AA, _SHIFT)  # type: ignore[call-overload]
-        inner = np.zeros_like(shape)
-        cv2.rectangle(inner, *_fixed([(cx - 27 * s, cy - 31 * s), (cx + 27 * s, cy + 33 * s)]),
-                      255, -1, cv2.LINE_AA, _SHIFT)  # type: ignore[call-overload]  # fmt: skip
-        clear = cv2.GaussianBlur(inner.astype(np.float32) / 255, (0, 0), 2.0)
-        glass = shape.astype(np.float32) / 255
-        img = img * (1 - glass) + glass * (25 + 140 * clear)
-        box = (cx - 24 * s, cy - 27 * s, cx + 24 * s, cy + 29 * s)
-    else:
-        cv2.ellipse(shape, _fixed([(cx, cy)])[0], (int(35 * s * one), int(25 * s * one)), 0, 0,
-                    360, 255, -1, cv2.LINE_AA, _SHIFT)  # fmt: skip
-        img = img - shape.astype(np.float32) / 255 * (img - 150)
-        turn = rng.uniform(0, 2 * math.pi)
-        for angle in (turn, turn + 0.5):
-            dot = _fixed([(cx + 15 * s * math.cos(angle), cy + 12 * s * math.sin(angle))])[0]
-            cv2.circle(img, dot, int(1.2 * s * one), 60, -1, cv2.LINE_AA, _SHIFT)
-        box = (cx - 25 * s, cy - 17 * s, cx + 25 * s, cy + 17 * s)
-    truth = []
-    if defect is not None:
-        mark = np.zeros_like(shape)
-        px, py = rng.uniform(box[0], box[2]), rng.uniform(box[1], box[3])
-        length = rng.uniform(0.6, 3.0) * s
-        if defect == "crack":
-            steps = np.cumsum(rng.uniform(-0.6, 0.6, 4)) + rng.uniform(0, math.pi)
-            path = np.cumsum([(0.0, 0.0)] + [(math.cos(a), math.sin(a)) for a in steps], axis=0)
-            cv2.polylines(mark, [_fixed(list(path * length / 4 + (px, py)))], False, 255,
-                          max(1, round(0.12 * s)), cv2.LINE_AA, _SHIFT)  # fmt: skip
-            img = img * (1 - 0.8 * mark / 255)
-        elif defect == "bubble":
-            cv2.circle(mark, _fixed([(px, py)])[0], int(length / 2 * one), 255,
-                       max(1, round(length / 6)), cv2.LINE_AA, _SHIFT)  # fmt: skip
-            img = img * (1 - 0.6 * mark / 255)
-        elif defect == "stone":
-            angles = np.sort(rng.uniform(0, 2 * math.pi, 7))
-            radii = length / 2 * rng.uniform(0.7, 1.0, 7)
-            outline = [(px + r * math.cos(a), py + r * math.sin(a)) for r, a in zip(radii, angles, strict=True)]  # fmt: skip
-            cv2.fillPoly(mark, [_fixed(outline)], 255, cv2.LINE_AA, _SHIFT)
-            img = img * (1 - 0.9 * mark / 255)
-        else:  # a chip out of the flask's dark top wall: back-light through the bite
-            top, tx = cy - 35 * s, rng.uniform(cx - 20 * s, cx + 20 * s)
-            bite = [(tx - length / 2, top - 1), (tx + length / 2, top - 1), (tx, top + length / 2)]
-            cv2.fillPoly(mark, [_fixed(bite)], 255, cv2.LINE_AA, _SHIFT)
-            img = img + mark / 255 * (200.0 - 40.0 * xs / width - img)
-        rows, cols = np.nonzero(mark > 60)
-        x, y = int(cols.min()), int(rows.min())
-        truth.append((defect, (x, y, int(cols.max()) - x + 1, int(rows.max()) - y + 1)))
-    img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), 0.7) * rng.uniform(0.85, 1.0)
-    img += rng.normal(0.0, 2.0, img.shape).astype(np.float32)
-    _, jpeg = cv2.imencode(".jpg", np.clip(img + 0.5, 0, 255).astype(np.uint8),
-                           [cv2.IMWRITE_JPEG_QUALITY, 88])  # fmt: skip
-    frame = cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE)
-    assert frame is not None
-    return frame, truth
-
-
-def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], grow: int) -> bool:
-    return (min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]) + 2 * grow > 0
-            and min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]) + 2 * grow > 0)  # fmt: skip
-
 
 @pytest.mark.parametrize("size, mm_per_px", [((960, 720), 0.12), ((800, 600), 0.16)])
 def test_frames_of_a_foreign_renderer_are_inspected_as_well(
@@ -165,17 +87,18 @@ def test_frames_of_a_foreign_renderer_are_inspected_as_well(
             else ("crack", "bubble", "stone")
         )
         defect = str(rng.choice(kinds)) if index >= 20 and rng.random() < 0.4 else None
-        image, truth = _foreign_frame(rng, kind, size, mm_per_px, defect)
+        image, truth = foreign_image(rng, kind, size, mm_per_px, defect)
+        image = through_jpeg(image)
         station = CameraStation(1 if kind == "flask" else 4, mm_per_px, "body")
         defects = detector.analyse(image, station).defects
         if index < 20:  # the stations are still learning
             continue
         for name, box in truth:
-            hits = [d for d in defects if _overlaps(d.bbox, box, grow)]
+            hits = [d for d in defects if boxes_overlap(d.bbox, box, grow)]
             expected += 1
             found += bool(hits)
             classes.setdefault(name, []).extend(d.defect_class for d in hits[:1])
-        false += sum(not any(_overlaps(d.bbox, box, grow) for _, box in truth) for d in defects)
+        false += sum(not any(boxes_overlap(d.bbox, box, grow) for _, box in truth) for d in defects)
     assert expected >= 60
     assert found / expected >= 0.9, (found, expected)
     assert false <= 0.05 * found, false
@@ -236,7 +159,7 @@ def test_severity_follows_class_and_size(defect_class: str, size_mm: float, seve
 
 def _station_frames(rng: np.random.Generator, count: int) -> Iterator[np.ndarray]:
     for _ in range(count):
-        image, _ = _foreign_frame(rng, "flask", (640, 480), 0.15, None)
+        image = through_jpeg(foreign_image(rng, "flask", (640, 480), 0.15, None)[0])
         yield image
 
 
@@ -256,7 +179,7 @@ def test_a_defect_is_reported_in_millimetres_from_the_frame_centre_and_bottom() 
     station = CameraStation(2, 0.15, "body")
     for image in _station_frames(rng, 8):
         detector.analyse(image, station)
-    image, _ = _foreign_frame(rng, "flask", (640, 480), 0.15, None)
+    image = through_jpeg(foreign_image(rng, "flask", (640, 480), 0.15, None)[0])
     cv2.circle(image, (400, 200), 6, 20, -1)  # an opaque 1.8 mm stone
     (defect,) = detector.analyse(image, station).defects
     assert isinstance(defect, FoundDefect)
@@ -311,7 +234,7 @@ def test_a_new_article_after_a_job_change_is_learnt_anew() -> None:
     reported = []
     for index in range(60):
         kind = "flask" if index < 20 else "oval"
-        image, _ = _foreign_frame(rng, kind, (640, 480), 0.15, None)
+        image = through_jpeg(foreign_image(rng, kind, (640, 480), 0.15, None)[0])
         reported.append(len(detector.analyse(image, station).defects))
     assert sum(reported[20:]) <= 2
     assert not detector.learning(4)

@@ -30,6 +30,13 @@ def test_parts_with_and_without_content_length_keep_their_headers() -> None:
     ]  # fmt: skip
 
 
+def test_a_part_with_content_length_is_yielded_before_the_next_boundary_arrives() -> None:
+    # A camera that pauses after a frame: nothing follows the part yet.
+    stream = io.BytesIO(_part(b"last frame", "Content-Length: 10"))
+    parts = iter_parts(stream, "cam")
+    assert next(parts) == ({"content-length": "10"}, b"last frame")
+
+
 def test_a_length_that_is_not_a_number_is_read_to_the_next_boundary() -> None:
     stream = io.BytesIO(
         _part(b"abc", "Content-Length: many") + _part(b"next", "Content-Length: 4") + b"--cam--\r\n"
