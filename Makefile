@@ -62,7 +62,8 @@ stack: system-deps venv
 lint: venv
 	$(VENV)/bin/black --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
+	$(VENV)/bin/flake8 .
+	$(VENV)/bin/mypy .
 
 # The node-opcua server of tests/integration/test_opcua_foreign_server.py (the
 # test skips without node); npm ci again only when the lock file changed.

@@ -3,13 +3,23 @@
 Also what Beam ships to remote workers with `--setup_file` (Flink): the
 workers then import `connectors`, `transforms`, `pipelines`, `records` and
 `typed_config`.
+
+`python setup.py` without a command checks this machine instead (Python,
+packages, Java, Maven, Go, Mosquitto, the config): `data_ingestion.environment`.
 """
 
+import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
-
 _HERE = Path(__file__).resolve().parent
+
+if __name__ == "__main__" and len(sys.argv) == 1:
+    # Without a command setuptools prints only a usage error: say what the machine lacks.
+    from data_ingestion.environment import main
+
+    sys.exit(main())
+
+from setuptools import find_packages, setup  # noqa: E402 - not needed for the check above
 
 
 def _requirements() -> list[str]:

@@ -3,6 +3,7 @@
 Examples::
 
     python -m data_ingestion check-config data_ingestion_config.json
+    python -m data_ingestion config-schema > docs/data_ingestion_config.schema.json
     python -m data_ingestion run --config data_ingestion_config.json
     python -m data_ingestion run --config line-c.json --runner PrismRunner \\
         --set kafka.bootstrap_servers=10.0.0.5:9092
@@ -129,6 +130,15 @@ def _notify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_schema() -> int:
+    import json
+
+    from data_ingestion.setup import config_schema
+
+    print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from data_ingestion.status import print_status
 
@@ -171,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
 
     check = commands.add_parser("check-config", help="validate a config file, print every error")
     check.add_argument("file")
+
+    commands.add_parser(
+        "config-schema", help="print the config file's JSON Schema (draft 2020-12), for editors"
+    )
 
     stack = commands.add_parser("stack", help="the local Kafka + Mosquitto stack", add_help=False)
     stack.add_argument("stack_args", nargs=argparse.REMAINDER)
@@ -221,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         from data_ingestion.setup import check_config
 
         return check_config(args.file)
+    if args.command == "config-schema":
+        return _config_schema()
     if args.command == "status":
         return _status(args)
     if args.command == "notify":

@@ -46,8 +46,9 @@ from typing import Any, Literal, Union
 
 from pipelines.config import DataIngestionConfig, parse_config
 from typed_config import ConfigError, join_path, type_at
+from typed_config.schema import json_schema
 
-__all__ = ["DataIngestionSetup", "check_config", "parse_dotenv"]
+__all__ = ["DataIngestionSetup", "check_config", "config_schema", "parse_dotenv"]
 
 _DEFAULT_CONFIG_FILE = "data_ingestion_config.json"
 _DEFAULT_DOTENV_FILE = ".env"
@@ -422,3 +423,24 @@ def check_config(
         summary += ": " + ", ".join(f"{kind} {source.name}" for kind, _, source in declared)
     print(f"OK: {path} ({summary})")
     return 0
+
+
+# A lone "${VAR}" (expanded by `_expand`) may stand for a value of any type.
+_STAND_IN = {
+    "type": "string",
+    "pattern": r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$",
+    "description": "${VAR} or ${VAR:-default}: the value of an environment (or .env) "
+    "variable, read as this key's type (a number, true, a JSON list...).",
+}
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file (`python -m data_ingestion config-schema`)."""
+    return json_schema(
+        DataIngestionConfig,
+        title="data_ingestion_config.json",
+        description="The glass-line ingestion config. Generated from the config classes by "
+        "`python -m data_ingestion config-schema`; `check-config` has the last word (ranges "
+        "and cross-field rules are checked there, not here).",
+        stand_in=_STAND_IN,
+    )

@@ -164,13 +164,13 @@ def recent_base_ms(seconds_ago: float = 3600.0) -> int:
 
 
 def wait_until(
-    condition: Callable[[], bool],
+    condition: Callable[[], object],
     *,
     timeout: float,
     step: Callable[[], Any] = lambda: time.sleep(0.2),
     describe: Callable[[], str] = lambda: "",
 ) -> None:
-    """Steps until `condition()` holds; fails with `describe()` on timeout."""
+    """Steps until `condition()` is truthy; fails with `describe()` on timeout."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

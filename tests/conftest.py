@@ -136,12 +136,10 @@ class PrivateStack:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.ports = {"kafka_port": stack.free_port(), "mqtt_port": stack.free_port()}
-        self.kafka = stack.up(root=root, **self.ports)["kafka"]
-
-    @property
-    def mqtt_port(self) -> int:
-        return self.ports["mqtt_port"]
+        self.kafka_port = stack.free_port()
+        self.mqtt_port = stack.free_port()
+        addresses = stack.up(kafka_port=self.kafka_port, mqtt_port=self.mqtt_port, root=root)
+        self.kafka = addresses["kafka"]
 
     def kill_kafka(self) -> None:
         """A broker crash: SIGKILL, then wait until it no longer answers."""
@@ -154,7 +152,8 @@ class PrivateStack:
             time.sleep(0.5)
 
     def start_kafka(self) -> None:
-        stack.up(root=self.root, **self.ports)  # only Kafka is down: only Kafka starts
+        # Only Kafka is down: only Kafka starts.
+        stack.up(kafka_port=self.kafka_port, mqtt_port=self.mqtt_port, root=self.root)
 
 
 @pytest.fixture()

@@ -14,7 +14,8 @@ Enum, nested dataclasses, Any), reports every problem with its path instead of
 stopping at the first, suggests the closest key for an unknown one, and then
 calls the instance's `validate(path)`; a missing required key does not hide
 the other keys' problems. `load_section` does the same for one section and
-raises `ConfigError`. Errors read `path: problem, value, fix`::
+raises `ConfigError`. A `"$schema"` key at the root is skipped: it names the
+file's JSON Schema for editors (`typed_config.schema` writes one). Errors read `path: problem, value, fix`::
 
     sources.mqtt[0].port: must be an integer, got "abc"
     sources.mqtt[0].qoss: unknown key (did you mean 'qos'?)
@@ -76,6 +77,8 @@ __all__ = [
 ]
 
 _SHOWN_VALUE_CHARS = 60
+# A file's root may name its JSON Schema (`typed_config.schema`) under this key.
+_SCHEMA_KEY = "$schema"
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -420,6 +423,9 @@ def load_dataclass(cls: type[T], data: object, path: str, errors: list[str]) -> 
     broken: list[str] = []
     for key, value in data.items():
         key = str(key)
+        if key == _SCHEMA_KEY and not path:
+            # Editors read it to validate and complete the file; it configures nothing.
+            continue
         where = join_path(path, key)
         field = fields.get(key)
         if field is None:
@@ -509,4 +515,5 @@ def _suggest(key: str, known: list[str]) -> str:
 class SourceBase:
     """What every source kind has: a name, unique across kinds (`device` in records)."""
 
+    # Unique across all sources of every kind: it labels transforms, metrics and records.
     name: str

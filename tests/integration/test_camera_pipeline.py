@@ -224,6 +224,7 @@ def test_each_kind_of_bad_part_is_dead_lettered_and_the_source_keeps_going(line:
 
     wait_until(lambda: found() == expected, timeout=120, step=line.poll_all,
                describe=lambda: f"{expected - found()}\n{line.pipeline.log_tail()}")  # fmt: skip
+
     # The good part of every connection (a new capture time each) is analysed: the
     # source reconnects and reads on.
     def good_frames() -> int:

@@ -67,7 +67,8 @@ def plant(
     readers = [TopicReader(kafka_bootstrap, topics[name]) for name in ("readings", "alerts")]
     dead_letter = TopicReader(kafka_bootstrap, topics["dead_letter"])
     try:
-        yield Plant(devices, pipeline, sources, *readers, dead_letter)
+        readings, alerts = readers
+        yield Plant(devices, pipeline, sources, readings, alerts, dead_letter)
     finally:
         for reader in (*readers, dead_letter):
             reader.close()

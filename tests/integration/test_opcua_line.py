@@ -51,13 +51,18 @@ BENCH_RATE_HZ = 5.0
 USER, PASSWORD = "ingest", "s3cret"
 # A safety net for a broken server, not a speed requirement.
 GIVE_UP_SECONDS = 60.0
-ANALOG_ITEM_TYPE = ua.NodeId(ua.ObjectIds.AnalogItemType)
+ANALOG_ITEM_TYPE = ua.NodeId(ua.Int32(ua.ObjectIds.AnalogItemType))
 CEL = ord("C") << 16 | ord("E") << 8 | ord("L")
 
 T = TypeVar("T")
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def string_node_id(identifier: str, ns: int) -> ua.NodeId:
+    # asyncua's annotations want its own String and Int16 (subclasses of str and int).
+    return ua.NodeId(ua.String(identifier), ua.Int16(ns))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -111,7 +116,7 @@ def as_row(tag: str, dv: ua.DataValue) -> dict[str, Any]:
 
 
 def node(client: Client, ns: int, tag: str) -> Any:
-    return client.get_node(ua.NodeId(".".join(node_path(TAG_BY_NAME[tag])), ns))
+    return client.get_node(string_node_id(".".join(node_path(TAG_BY_NAME[tag])), ns))
 
 
 async def read_history_pages(
@@ -259,22 +264,22 @@ def test_address_space_is_an_isa95_hierarchy_of_analog_items(line: OpcUaLineProc
             z2 = await client.nodes.objects.get_child(
                 [f"{ns}:Plant", f"{ns}:LineC", f"{ns}:Furnace", f"{ns}:CrownTemp", f"{ns}:Z2"]
             )
-            assert z2.nodeid == ua.NodeId("LineC.Furnace.CrownTemp.Z2", ns)
+            assert z2.nodeid == string_node_id("LineC.Furnace.CrownTemp.Z2", ns)
             plant_wide = await client.nodes.objects.get_child(
                 [f"{ns}:Plant", f"{ns}:PlantWide", f"{ns}:Batch", f"{ns}:CulletRatio", f"{ns}:PV"]
             )
-            assert plant_wide.nodeid == ua.NodeId("PlantWide.Batch.CulletRatio.PV", ns)
+            assert plant_wide.nodeid == string_node_id("PlantWide.Batch.CulletRatio.PV", ns)
             for row in opcua_nodes():
                 string_id = row["node_id"].split(";s=", 1)[1]
                 spec = TAG_BY_NAME[row["tag"]]
-                variable = client.get_node(ua.NodeId(string_id, ns))
+                variable = client.get_node(string_node_id(string_id, ns))
                 assert (await variable.read_browse_name()) == ua.QualifiedName(
                     string_id.rsplit(".", 1)[1], ns
                 )
                 assert await variable.read_type_definition() == ANALOG_ITEM_TYPE
-                assert await variable.read_data_type() == ua.NodeId(ua.ObjectIds.Double)
+                assert await variable.read_data_type() == ua.NodeId(ua.Int32(ua.ObjectIds.Double))
                 historizing = await variable.read_attribute(ua.AttributeIds.Historizing)
-                assert historizing.Value.Value is True
+                assert historizing.Value is not None and historizing.Value.Value is True
                 access = await variable.get_access_level()
                 assert ua.AccessLevel.HistoryRead in access
                 eu_range = await (await variable.get_child("0:EURange")).read_value()
@@ -290,7 +295,7 @@ def test_address_space_is_an_isa95_hierarchy_of_analog_items(line: OpcUaLineProc
                 else:
                     assert units.UnitId > 0
             # Every level above a signal is named in our namespace (glass-line.md §4).
-            furnace = client.get_node(ua.NodeId("LineC.Furnace", ns))
+            furnace = client.get_node(string_node_id("LineC.Furnace", ns))
             assert await furnace.read_browse_name() == ua.QualifiedName("Furnace", ns)
             assert ua.EventNotifier.SubscribeToEvents in await furnace.read_event_notifier()
 
@@ -320,7 +325,7 @@ def test_values_change_with_source_timestamps_of_plant_time(line: OpcUaLineProce
                 # A 1 s tag on the model's grid, anchored at the plant start.
                 assert (ts.timestamp() - start) % 1.0 == 0
                 assert 0 <= value <= 1700
-            bench = client.get_node(ua.NodeId(bench_node_id(1, BENCH_NODES), ns))
+            bench = client.get_node(string_node_id(bench_node_id(1, BENCH_NODES), ns))
             path = await client.nodes.objects.get_child(
                 [f"{ns}:Plant", f"{ns}:Bench", f"{ns}:Block001", f"{ns}:Node00001"]
             )
@@ -329,6 +334,7 @@ def test_values_change_with_source_timestamps_of_plant_time(line: OpcUaLineProce
             while (await bench.read_data_value()).SourceTimestamp == first.SourceTimestamp:
                 assert time.monotonic() < deadline, "the benchmark node did not change"
                 await asyncio.sleep(0.05)
+            assert first.Value is not None
             assert (await bench.read_value()) != first.Value.Value
 
     run(check())
@@ -342,7 +348,7 @@ def test_history_read_returns_what_was_written_page_by_page(
 ) -> None:
     tag = "furnace.crown_temp_z2"
     log = workdir / "values.jsonl"
-    rows = wait_until(lambda: len(logged(log, tag)) >= 40 and logged(log, tag), "40 values")
+    rows = wait_until(lambda: found if len(found := logged(log, tag)) >= 40 else [], "40 values")
     window = rows[5:38]
     start, end = epoch(window[0]["ts"]), epoch(window[-1]["ts"])
 
@@ -444,9 +450,9 @@ def test_injected_faults_raise_events_and_show_in_values(
             ns = await client.get_namespace_index(NAMESPACE_URI)
             furnace, server_events = EventCollector(), EventCollector()
             subscription = await client.create_subscription(50, furnace)
-            event_type = client.get_node(ua.NodeId("Types.GlassSensorFaultEventType", ns))
+            event_type = client.get_node(string_node_id("Types.GlassSensorFaultEventType", ns))
             await subscription.subscribe_events(
-                client.get_node(ua.NodeId("LineC.Furnace", ns)), event_type
+                client.get_node(string_node_id("LineC.Furnace", ns)), event_type
             )
             on_server = await client.create_subscription(50, server_events)
             await on_server.subscribe_events()  # the Server object, BaseEventType
@@ -459,7 +465,7 @@ def test_injected_faults_raise_events_and_show_in_values(
             event = by_tag["furnace.crown_temp_z2"]
             assert event.FaultKind == "burnout"
             assert event.Severity == 800
-            assert event.SourceNode == ua.NodeId("LineC.Furnace.CrownTemp.Z2", ns)
+            assert event.SourceNode == string_node_id("LineC.Furnace.CrownTemp.Z2", ns)
             assert event.SourceName == "furnace.crown_temp_z2"
             assert "thermocouple burnout" in event.Message.Text
             assert event.Time.timestamp() == burnout["start"]
@@ -520,6 +526,7 @@ def test_login_needs_a_user_when_anonymous_is_off(secured: OpcUaLineProcess) -> 
             ns = await client.get_namespace_index(NAMESPACE_URI)
             crown = node(client, ns, "furnace.crown_temp_z2")
             dv = await async_wait_until_good(crown)
+            assert dv.Value is not None
             return float(dv.Value.Value)
 
     with pytest.raises(ua.UaStatusCodeError) as anonymous:
@@ -556,7 +563,7 @@ def test_basic256sha256_sign_and_encrypt_with_a_client_certificate(
             assert ("Basic256Sha256", ua.MessageSecurityMode.Sign) not in modes
             ns = await client.get_namespace_index(NAMESPACE_URI)
             dv = await async_wait_until_good(node(client, ns, "furnace.crown_temp_z2"))
-            assert 0 <= dv.Value.Value <= 1700
+            assert dv.Value is not None and 0 <= dv.Value.Value <= 1700
 
     run(check())
 
@@ -626,6 +633,7 @@ def test_run_simulation_serves_local_opcua_sources_and_skips_their_tags_on_mqtt(
             try:
                 async with Client(f"opc.tcp://{HOST}:{port}") as client:
                     dv = await async_wait_until_good(client.get_node(node_id))
+                    assert dv.Value is not None
                     return float(dv.Value.Value)
             except OSError:
                 assert time.monotonic() < deadline, "the simulated server never answered"

@@ -137,7 +137,10 @@ def line(
         for name in ("readings", "alerts", "dead_letter", "features")
     ]
     try:
-        yield Line(server, proxy, mosquitto, pipeline, *readers, values_log=values_log)
+        readings, alerts, dead_letter, features = readers
+        yield Line(
+            server, proxy, mosquitto, pipeline, readings, alerts, dead_letter, features, values_log
+        )
     finally:
         for reader in readers:
             reader.close()

@@ -106,11 +106,11 @@ def test_sign_and_encrypt_with_a_user_login_and_clear_refusals(
         )
         log = pipeline.log_tail(2000)
         for name in ("wrongpass", "untrusted"):
-            wait_until(
-                lambda name=name: f"opcua[{name}]: cannot connect" in pipeline.log_tail(2000),
-                timeout=60,
-                describe=lambda: pipeline.log_tail(80),
-            )
+
+            def refused(name: str = name) -> bool:
+                return f"opcua[{name}]: cannot connect" in pipeline.log_tail(2000)
+
+            wait_until(refused, timeout=60, describe=lambda: pipeline.log_tail(80))
         # Refusals are retried with backoff, logged once per state change.
         time.sleep(5)
         readings.poll(500)

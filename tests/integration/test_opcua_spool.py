@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.opcua import _OpcUaReceiver, _OpcUaUnboundedSource
+from connectors.opcua import _OpcUaReader, _OpcUaReceiver, _OpcUaUnboundedSource
 from connectors.opcua_config import OpcUaNode, OpcUaSource
 from connectors.spool import SpoolConfig
 from records import Reading, parse_ts
@@ -44,6 +44,7 @@ def test_values_beyond_a_full_queue_are_spooled_and_come_back_in_order(tmp_path:
         )
         source = _OpcUaUnboundedSource(config, max_batch=200, max_skew_seconds=5.0)
         reader = source.create_reader(None, None)
+        assert isinstance(reader, _OpcUaReader)
         receiver = reader.receiver
         assert isinstance(receiver, _OpcUaReceiver)
         spool = receiver.spool

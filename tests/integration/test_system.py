@@ -85,13 +85,14 @@ def test_system_facade_starts_streams_and_stops(
                 )
                 for i in range(50)
             ]
+
+            def publish_first() -> None:
+                publish(private_mosquitto.port, messages[:1])
+                reader.poll(500)
+
             # The subscription is made asynchronously after submission; retry
             # publishing until the first reading shows up.
-            wait_until(
-                lambda: bool(reader.records),
-                timeout=120,
-                step=lambda: (publish(private_mosquitto.port, messages[:1]), reader.poll(500)),
-            )
+            wait_until(lambda: bool(reader.records), timeout=120, step=publish_first)
             publish(private_mosquitto.port, messages[1:])
             wait_until(
                 lambda: {r["value"] for r in reader.records} >= {1550.0 + i for i in range(50)},

@@ -191,7 +191,7 @@ def test_a_late_reading_updates_each_sliding_window_once() -> None:
         windows=(FeatureWindow("20s", 20.0, 10.0),), allowed_lateness_seconds=30
     )
     tag = "furnace.crown_temp_z2"
-    rows = [
+    rows: list[Row] = [
         (tag, "20s", -10.0, 10.0, 1, 1500.0, None, 1500.0, 1500.0)
         + (1500.0, 1500.0, None, 0.0, None, 0, False),
         (tag, "20s", 0.0, 20.0, 2, 1505.0, 7.071067812, 1500.0, 1510.0)

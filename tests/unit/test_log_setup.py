@@ -218,7 +218,7 @@ def test_a_traceback_a_worker_thread_prints_after_a_stop_goes_to_debug() -> None
     stream = io.StringIO()
     configure_logging(LoggingConfig(), stream=stream)
     printed = io.StringIO()
-    sys.stderr._stream = printed  # type: ignore[attr-defined]
+    sys.stderr._stream = printed  # type: ignore[union-attr]
 
     def print_traceback() -> None:
         print("Traceback (most recent call last):\n  ...\nRuntimeError: gone", file=sys.stderr)

@@ -29,7 +29,7 @@ def test_single_reading_with_every_field() -> None:
             "mqtt",
             "iot",
             "furnace.crown_temp_z2",
-            pytest.approx(TS_SECONDS),
+            pytest.approx(TS_SECONDS),  # type: ignore[arg-type]  # equals the parsed float
             1572.5,
             "good",
             "degC",

@@ -70,7 +70,7 @@ def test_a_namespace_the_server_lacks_is_named() -> None:
 
 
 def test_stable_node_id_names_the_namespace_by_uri() -> None:
-    node_id = ua.NodeId("LineC.Furnace.Pressure", 2)
+    node_id = ua.NodeId(ua.String("LineC.Furnace.Pressure"), ua.Int16(2))
     assert stable_node_id(node_id, _NAMESPACES) == "nsu=urn:glassplant:sim;s=LineC.Furnace.Pressure"
     assert stable_node_id(ua.NodeId(ua.Int32(2258)), _NAMESPACES) == "i=2258"
 

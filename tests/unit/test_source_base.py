@@ -173,6 +173,7 @@ def test_mark_of_an_old_connection_acknowledges_nothing() -> None:
     assert second > first
     assert reader.advance() and reader.get_current() == [1, 2]
     mark = reader.get_checkpoint_mark()
+    assert isinstance(mark, AckCheckpointMark)
     # Only the new connection's handle can be acknowledged on it.
     assert mark.generation == second and mark.handles == ("b",)
     mark.finalize_checkpoint()

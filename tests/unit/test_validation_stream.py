@@ -158,12 +158,13 @@ def reversal_stream() -> test_stream.TestStream:
 def _all_passed() -> list[tuple[str, float, float | None, str]]:
     pressure = [(599.0, 10.1), (599.5, 9.8), (600.0, 45.0), (600.5, 38.0), (601.0, 20.5)]
     pressure += [(601.5, 10.9), (602.0, 10.2)]
-    return (
-        [("furnace.firing_side", 540.0, 0.0, "good"), ("furnace.firing_side", 600.0, 1.0, "good")]
-        + [("furnace.pressure", ts, value, "good") for ts, value in pressure]
-        + [("furnace.crown_temp_z1", 599.0, 1501.3, "good")]
-        + [("furnace.crown_temp_z1", ts, 1491.6 + ts - 600, "good") for ts in (600.0, 601.0, 602.0)]
-    )
+    return [
+        ("furnace.firing_side", 540.0, 0.0, "good"),
+        ("furnace.firing_side", 600.0, 1.0, "good"),
+        *[("furnace.pressure", ts, value, "good") for ts, value in pressure],
+        ("furnace.crown_temp_z1", 599.0, 1501.3, "good"),
+        *[("furnace.crown_temp_z1", ts, 1491.6 + ts - 600, "good") for ts in (600.0, 601.0, 602.0)],
+    ]
 
 
 @pytest.mark.parametrize("with_context", [True, False], ids=["context", "no_context"])
