@@ -19,6 +19,10 @@ protocol client; this module holds what they have in common:
   per step, so one element per message caps throughput); `advance()` never
   blocks; the watermark follows receive time and moves to `now - max_skew`
   when idle so downstream windows close.
+- Pausing (`pause_source`, `resume_source`): a source stops talking to its
+  device until resumed (maintenance); what it had received still goes out.
+  A restart first drains every source (`drain_sources`): no new input, and
+  what was handed out is committed and acknowledged before the job goes.
 - `AckCheckpointMark`: a checkpoint that acknowledges upstream only in
   `finalize_checkpoint`, i.e. after the runner committed the bundle that
   carried the records. It names its source's receiver by key, so a mark the
@@ -32,6 +36,10 @@ buffer is empty, and is deleted when the bundle that carried it is committed.
 
 A connector subclasses `Receiver` (`_receive(stop)`, the thread's body, and
 `_acknowledge(generation, handles)`) and builds a `PushReader` with a factory.
+`_receive` must return once its `stop` is set and may be called again after
+that (a pause ends one connection, a resume starts the next): per-connection
+state (an event loop) belongs inside it. `_wake()` interrupts a wait that
+does not watch `stop`.
 """
 
 from __future__ import annotations
@@ -72,6 +80,11 @@ __all__ = [
     "run_connection_loop",
     "Receiver",
     "live_receiver",
+    "Pause",
+    "pause_source",
+    "resume_source",
+    "paused_sources",
+    "drain_sources",
     "PushReader",
     "AckCheckpointMark",
     "AckCheckpointMarkCoder",
@@ -96,6 +109,8 @@ _DEFAULT_BACKOFF_MAX_SECONDS = 30.0
 _DEFAULT_MAX_BATCH = 1000
 _PUT_WAIT_SECONDS = 0.2
 _ROOM_WAIT_SECONDS = 0.05
+_QUIET_WAIT_SECONDS = 0.05
+_JOIN_SECONDS = 10.0
 
 T = TypeVar("T")
 
@@ -239,6 +254,21 @@ def _describe(err: BaseException) -> str:
 
 
 _GENERATIONS = itertools.count(1)
+_INCARNATIONS = itertools.count(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pause:
+    """Why a source is paused: who asked, when (Unix seconds), and what for."""
+
+    by: str
+    since: float
+    reason: str = ""
+
+
+# Sources paused for maintenance, by receiver label (`modbus[fh_bus]`). Kept
+# across a pipeline restart: a receiver of a paused source starts paused.
+_PAUSED: dict[str, Pause] = {}
 
 
 class Receiver(Generic[T]):
@@ -253,7 +283,20 @@ class Receiver(Generic[T]):
     capacity: from the first item that finds it full until the reader has
     taken everything spooled, items go to the spool (one row per event-loop
     step), so their order is kept.
+
+    Lifecycle: `start()` connects (unless the source is paused), `pause()`
+    ends the connection and `resume()` makes a new one (each a new
+    `_receive(stop)` run with its own `stop`), `stop()` ends it for good. The
+    buffer and spool live through pauses: what was received still goes out.
+    `items_handed_out` counts items the reader took, `items_committed` how many
+    a finalized checkpoint covered: equal, with nothing buffered, means
+    everything received is in Kafka and acknowledged (`quiet`).
     """
+
+    # Whether acknowledging needs the live connection (an MQTT PUBACK does):
+    # such a source drains before it disconnects, or what it had handed out
+    # would be redelivered, a duplicate, at the next connection.
+    acks_need_connection = False
 
     def __init__(
         self, label: str, *, buffer_capacity: int = 100_000, spool: Spool | None = None
@@ -265,7 +308,14 @@ class Receiver(Generic[T]):
         self.stats.receiver = self
         self.spool = spool
         self.generation = 0
+        self.incarnation = next(_INCARNATIONS)
+        self.items_handed_out = 0
+        self.items_committed = 0
+        # `_stop` ends the current connection (a pause or the end), `_closed` the receiver.
         self._stop = threading.Event()
+        self._closed = threading.Event()
+        self._refusing = False
+        self._lifecycle = threading.Lock()
         self._thread: threading.Thread | None = None
         self._outbox: list[Entry] = []
 
@@ -276,12 +326,17 @@ class Receiver(Generic[T]):
         """Acknowledges `handles` upstream if `generation` is still current."""
         raise NotImplementedError
 
+    def _wake(self) -> None:
+        """Ends a wait of `_receive` that does not watch its `stop` (an event loop's)."""
+
     def _new_generation(self) -> int:
         # Process-wide, so a replacement receiver never reuses a generation.
         self.generation = next(_GENERATIONS)
         return self.generation
 
     def _deliver(self, item: T, received_at: float, handle: Any = None) -> bool:
+        if self._refusing:
+            return False  # draining: left unacknowledged upstream, redelivered later
         return self.buffer.put((item, received_at, handle, self.generation), self._stop)
 
     def _deliver_nowait(self, item: T, received_at: float, handle: Any = None) -> None:
@@ -309,15 +364,86 @@ class Receiver(Generic[T]):
             await asyncio.sleep(_ROOM_WAIT_SECONDS)
 
     def start(self) -> None:
+        with self._lifecycle:
+            pause = _PAUSED.get(self.label)
+            if pause is not None:
+                self._stop.set()
+                self.stats.mark_paused(pause.by, pause.since)
+                _LOGGER.info("%s: paused by %s: not connecting", self.label, pause.by)
+                return
+            self._connect_thread()
+
+    def _connect_thread(self) -> None:
+        self._stop = threading.Event()
+        self._refusing = False
         self._thread = threading.Thread(
             target=self._receive, args=(self._stop,), name=self.label, daemon=True
         )
         self._thread.start()
 
+    def note_committed(self, incarnation: int, upto: int) -> None:
+        """A checkpoint covering the first `upto` items handed out was finalized."""
+        if incarnation == self.incarnation and upto > self.items_committed:
+            self.items_committed = upto
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing buffered or spooled, and every item handed out committed."""
+        spool = self.spool
+        return (
+            not len(self.buffer)
+            and (spool is None or not spool.unread)
+            and self.items_committed >= self.items_handed_out
+        )
+
+    def wait_quiet(self, timeout_seconds: float) -> bool:
+        """Waits until `quiet` (the reader and the runner keep going); False on timeout."""
+        deadline = time.monotonic() + timeout_seconds
+        while not self.quiet:
+            if time.monotonic() >= deadline or self._closed.is_set():
+                return False
+            time.sleep(_QUIET_WAIT_SECONDS)
+        return True
+
+    def hold(self, drain_seconds: float) -> bool:
+        """Ends the connection until `resume`; False if not connected (or not drained).
+
+        A source whose acknowledgements need the connection first refuses new
+        input and waits up to `drain_seconds` until what it handed out is
+        committed and acknowledged; refused input stays with the broker.
+        """
+        with self._lifecycle:
+            thread = self._thread
+            if self._stop.is_set() or thread is None:
+                return False
+            drained = True
+            if self.acks_need_connection:
+                self._refusing = True
+                drained = self.wait_quiet(drain_seconds)
+            self._stop.set()
+            self._wake()
+        thread.join(timeout=_JOIN_SECONDS)
+        self.stats.connected = False
+        return drained
+
+    def resume(self) -> bool:
+        """Connects again after `hold`; False if connected already or stopped for good."""
+        with self._lifecycle:
+            if self._closed.is_set() or not self._stop.is_set():
+                return False
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=_JOIN_SECONDS)
+            self._connect_thread()
+            return True
+
     def stop(self) -> None:
-        self._stop.set()
+        with self._lifecycle:
+            self._closed.set()
+            self._stop.set()
+            self._wake()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=_JOIN_SECONDS)
         if self.spool is not None:
             # A flush scheduled on the event loop that just ended never ran.
             self._flush_outbox()
@@ -325,7 +451,7 @@ class Receiver(Generic[T]):
 
     @property
     def stopped(self) -> bool:
-        return self._stop.is_set()
+        return self._closed.is_set()
 
 
 # Live receivers by source key. A runner may resume a source's residual on
@@ -363,6 +489,78 @@ def _release_receiver(key: str, owner: str) -> None:
         receiver.stop()
 
 
+def _live_with_label(label: str) -> list[Receiver[Any]]:
+    with _RECEIVERS_LOCK:
+        return [r for r in _RECEIVERS.values() if r.label == label and not r.stopped]
+
+
+def pause_source(label: str, *, by: str, reason: str = "", drain_seconds: float = 5.0) -> bool:
+    """Pauses source `label` (`modbus[fh_bus]`) for maintenance; False if it already was.
+
+    Its connection ends (after at most `drain_seconds` of draining, see
+    `Receiver.hold`) and stays down, also across a pipeline restart, until
+    `resume_source`. Nothing it received is dropped: that still goes to Kafka.
+    A source whose receiver has not started yet starts paused.
+    """
+    with _RECEIVERS_LOCK:
+        if label in _PAUSED:
+            return False
+        pause = _PAUSED[label] = Pause(by, time.time(), reason)
+    for receiver in _live_with_label(label):
+        receiver.hold(drain_seconds)
+    metrics.source_stats(label).mark_paused(pause.by, pause.since)
+    _LOGGER.info("%s: paused by %s%s", label, by, f" ({reason})" if reason else "")
+    return True
+
+
+def resume_source(label: str, *, by: str) -> bool:
+    """Ends the pause of source `label`: it connects again; False if it was not paused."""
+    with _RECEIVERS_LOCK:
+        pause = _PAUSED.pop(label, None)
+    if pause is None:
+        return False
+    metrics.source_stats(label).mark_resumed()
+    for receiver in _live_with_label(label):
+        receiver.resume()
+    _LOGGER.info(
+        "%s: resumed by %s after %.0f s paused; connecting", label, by, time.time() - pause.since
+    )
+    return True
+
+
+def paused_sources() -> dict[str, Pause]:
+    """Receiver label -> its pause, for every paused source."""
+    return dict(_PAUSED)
+
+
+def drain_sources(timeout_seconds: float) -> list[str]:
+    """Ends every live source's connection after it handed over what it holds.
+
+    For a restart: once this returns, what the sources received is committed
+    to Kafka and acknowledged upstream, or (after `timeout_seconds`) is left
+    to the broker's redelivery, the spool, or history. Returns the labels of
+    the sources that did not drain in time.
+    """
+    with _RECEIVERS_LOCK:
+        receivers = [r for r in _RECEIVERS.values() if not r.stopped]
+    deadline = time.monotonic() + timeout_seconds
+    late: list[str] = []
+
+    def drain(receiver: Receiver[Any]) -> None:
+        drained = receiver.hold(timeout_seconds)
+        left = max(0.0, deadline - time.monotonic())
+        if not (receiver.wait_quiet(left) and (drained or receiver.quiet)):
+            late.append(receiver.label)
+
+    # Each waits for its own bundles to commit: all at once, not one after another.
+    threads = [threading.Thread(target=drain, args=(r,)) for r in receivers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(late)
+
+
 def release_spooled(source_key: str, rows: Sequence[int]) -> None:
     """Deletes spool `rows` of source `source_key`: the bundle that carried them committed."""
     receiver = _RECEIVERS.get(source_key)
@@ -377,6 +575,8 @@ class AckCheckpointMark(CheckpointMark):
     older connection are meaningless on a new one (an MQTT packet id may have
     been reused) and are skipped; the broker redelivers those messages.
     `spooled` are the spool rows the bundle carried: deleted from the spool.
+    `upto` is how many items that receiver (`incarnation`) had handed out
+    when the mark was taken: once finalized, all of them are committed.
     Idempotent: a second finalize acknowledges nothing.
     """
 
@@ -386,11 +586,16 @@ class AckCheckpointMark(CheckpointMark):
         generation: int,
         handles: Sequence[Any],
         spooled: Sequence[int] = (),
+        *,
+        incarnation: int = 0,
+        upto: int = 0,
     ) -> None:
         self.source_key = source_key
         self.generation = generation
         self.handles = tuple(handles)
         self.spooled = tuple(spooled)
+        self.incarnation = incarnation
+        self.upto = upto
         self._finalized = False
 
     def finalize_checkpoint(self) -> None:
@@ -401,9 +606,14 @@ class AckCheckpointMark(CheckpointMark):
         if receiver is not None and self.handles:
             receiver._acknowledge(self.generation, self.handles)
         release_spooled(self.source_key, self.spooled)
+        if receiver is not None:
+            receiver.note_committed(self.incarnation, self.upto)
 
     def _key(self) -> tuple[Any, ...]:
-        return (self.source_key, self.generation, self.handles, self.spooled)
+        return (
+            self.source_key, self.generation, self.handles, self.spooled, self.incarnation,
+            self.upto,
+        )  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AckCheckpointMark) and other._key() == self._key()
@@ -414,7 +624,7 @@ class AckCheckpointMark(CheckpointMark):
     def __repr__(self) -> str:
         return (
             f"AckCheckpointMark({self.source_key}, gen={self.generation}, "
-            f"{len(self.handles)} handles, {len(self.spooled)} spooled)"
+            f"{len(self.handles)} handles, {len(self.spooled)} spooled, upto={self.upto})"
         )
 
 
@@ -427,17 +637,25 @@ class AckCheckpointMarkCoder(coders.Coder):
             coders.VarIntCoder(),
             coders.IterableCoder(coders.FastPrimitivesCoder()),
             coders.IterableCoder(coders.VarIntCoder()),
+            coders.VarIntCoder(),
+            coders.VarIntCoder(),
         )
     )
 
     def encode(self, value: AckCheckpointMark) -> bytes:
         return self._tuple.encode(
-            (value.source_key, value.generation, value.handles, value.spooled)
+            (
+                value.source_key, value.generation, value.handles, value.spooled,
+                value.incarnation, value.upto,
+            )  # fmt: skip
         )
 
     def decode(self, encoded: bytes) -> AckCheckpointMark:
-        source_key, generation, handles, spooled = self._tuple.decode(encoded)
-        return AckCheckpointMark(source_key, generation, list(handles), list(spooled))
+        source_key, generation, handles, spooled, incarnation, upto = self._tuple.decode(encoded)
+        return AckCheckpointMark(
+            source_key, generation, list(handles), list(spooled), incarnation=incarnation,
+            upto=upto,
+        )  # fmt: skip
 
     def is_deterministic(self) -> bool:
         return True
@@ -474,8 +692,9 @@ class PushReader(UnboundedReader, Generic[T]):
         the watermark is `min(oldest buffered receive time, now) - max_skew`, so
         it follows the data and still advances while the source is idle.
       - `get_checkpoint_mark()` covers every item handed out since the previous
-        mark; it acknowledges them upstream only when finalized. A reader built
-        from a checkpoint after a crash reconnects and receives what was never
+        mark; it acknowledges them upstream only when finalized, and then
+        counts them as committed (`Receiver.items_committed`, for a drain). A
+        reader built from a checkpoint after a crash reconnects and receives what was never
         acknowledged (the broker keeps it): a checkpoint resumes after the last
         *acknowledged* item, so nothing handed out is lost.
     """
@@ -518,6 +737,7 @@ class PushReader(UnboundedReader, Generic[T]):
             # The buffer holds what came before anything spooled: it goes first.
             spool = receiver.spool
             return spool is not None and spool.unread > 0 and self._advance_spooled(spool)
+        receiver.items_handed_out += len(drained)
         if metrics.enabled():
             stats = receiver.stats
             stats.received += len(drained)
@@ -541,6 +761,7 @@ class PushReader(UnboundedReader, Generic[T]):
         self._spooled.extend(rows)
         if not entries:
             return False
+        self.receiver.items_handed_out += len(entries)
         if metrics.enabled():
             self.receiver.stats.received += len(entries)
         self._current = [item for item, _ in entries]
@@ -571,9 +792,11 @@ class PushReader(UnboundedReader, Generic[T]):
 
     def get_checkpoint_mark(self) -> CheckpointMark:
         handles, self._unacked = self._unacked, []
+        receiver = self.receiver
         return AckCheckpointMark(
-            self.source_key, self._unacked_generation, handles, self.take_spooled()
-        )
+            self.source_key, self._unacked_generation, handles, self.take_spooled(),
+            incarnation=receiver.incarnation, upto=receiver.items_handed_out,
+        )  # fmt: skip
 
     def close(self) -> None:
         _release_receiver(self.source_key, self.reader_id)

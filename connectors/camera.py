@@ -517,7 +517,7 @@ class _CameraReceiver(Receiver[Item]):
     # -- detection thread
 
     def _detect_loop(self) -> None:
-        stop = self._stop
+        stop = self._closed  # not `_stop`, which a pause sets: queued frames are still analysed
         while not stop.is_set():
             frame = self._frames.get(timeout=0.2)
             if frame is not None:

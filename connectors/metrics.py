@@ -136,12 +136,13 @@ class SourceStats:
     OPC UA and Modbus values, the source's own alerts); `last_received_at`
     is the receive time of the newest. `connected` and `state_since` change
     only on a state change; `reconnects` counts connections made after a
-    failure. `receiver` is the live `Receiver`, read when scraped.
+    failure. `receiver` is the live `Receiver`, read when scraped. `paused`
+    is (who, since) while an operator has paused the source, else None.
     """
 
     __slots__ = (
         "kind", "name", "received", "last_received_at", "connected", "state_since",
-        "reconnects", "last_error", "watermark", "receiver", "ever_connected",
+        "reconnects", "last_error", "watermark", "receiver", "ever_connected", "paused",
     )  # fmt: skip
 
     def __init__(self, kind: str, name: str) -> None:
@@ -156,6 +157,7 @@ class SourceStats:
         self.last_error = ""
         self.watermark: float | None = None
         self.receiver: Any = None
+        self.paused: tuple[str, float] | None = None
 
     def mark_connected(self) -> None:
         if self.ever_connected:
@@ -170,6 +172,18 @@ class SourceStats:
             self.state_since = time.time()
         self.connected = False
         self.last_error = error
+
+    def mark_paused(self, by: str, since: float) -> None:
+        self.paused = (by, since)
+        self.connected = False
+        self.state_since = since
+
+    def mark_resumed(self) -> None:
+        # The connection that follows is a new start, not a recovery: no reconnect counted.
+        self.paused = None
+        self.ever_connected = False
+        self.last_error = ""
+        self.state_since = time.time()
 
     def buffer_fill(self) -> tuple[int, int, int]:
         """(items buffered, buffer capacity, spooled rows not handed out)."""
@@ -376,10 +390,16 @@ class _Collector(Collector):
             "Items in the disk spool not handed out yet",
             labels=labels,
         )
+        paused = GaugeMetricFamily(
+            "glass_source_paused",
+            "1 while an operator has paused the source (maintenance: not connected on purpose)",
+            labels=labels,
+        )
         for stats in list(_SOURCES.values()):
             values = [stats.kind, stats.name]
             received.add_metric(values, stats.received)
             up.add_metric(values, 1.0 if stats.connected else 0.0)
+            paused.add_metric(values, 0.0 if stats.paused is None else 1.0)
             reconnects.add_metric(values, stats.reconnects)
             if stats.last_received_at is not None:
                 last.add_metric(values, stats.last_received_at)
@@ -390,7 +410,7 @@ class _Collector(Collector):
             if capacity:
                 fill.add_metric(values, length / capacity)
                 spooled.add_metric(values, unread)
-        yield from (received, up, reconnects, last, lag, watermark_lag, fill, spooled)
+        yield from (received, up, reconnects, last, lag, watermark_lag, fill, spooled, paused)
         sink = _SINK
         if sink is None:
             return

@@ -481,7 +481,7 @@ class _ModbusReceiver(Receiver[Item]):
             self._jobs.append(_Job(unit, group, config.interval_of(group), requests))
         self._outage_since: float | None = None
         self._last_contact = time.time()
-        self._loop = asyncio.new_event_loop()
+        self._loop: asyncio.AbstractEventLoop | None = None  # one per connection run
         self._client: Any = None
         self.polls = 0
         self.requests = 0
@@ -498,7 +498,9 @@ class _ModbusReceiver(Receiver[Item]):
     # -- lifecycle, on the receiver thread
 
     def _receive(self, stop: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
+        # One event loop per connection run: a pause ends it, a resume makes the next.
+        loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         pymodbus_logger = logging.getLogger("pymodbus")
         if pymodbus_logger.level == logging.NOTSET:
             # pymodbus logs every timeout and exception response at ERROR, with hex
@@ -507,14 +509,14 @@ class _ModbusReceiver(Receiver[Item]):
         try:
             run_connection_loop(
                 self.label,
-                lambda: self._loop.run_until_complete(self._connect()),
-                lambda: self._loop.run_until_complete(self._serve(stop)),
-                lambda: self._loop.run_until_complete(self._disconnect()),
+                lambda: loop.run_until_complete(self._connect()),
+                lambda: loop.run_until_complete(self._serve(stop)),
+                lambda: loop.run_until_complete(self._disconnect()),
                 stop,
                 Backoff(0.5, self._config.reconnect_max_seconds),
             )
         finally:
-            self._loop.close()
+            loop.close()
 
     async def _connect(self) -> None:
         config = self._config

@@ -229,6 +229,9 @@ class _MqttReceiver(Receiver[Message]):
     published during a disconnect is lost by design of QoS 0.
     """
 
+    # PUBACKs go over the live connection: a pause or restart drains first.
+    acks_need_connection = True
+
     def __init__(self, config: MqttSource) -> None:
         super().__init__(f"mqtt[{config.name}]", buffer_capacity=config.receive_queue_size)
         self._config = config

@@ -61,6 +61,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import fnmatch
 import functools
@@ -385,33 +386,35 @@ class _OpcUaReceiver(Receiver[Item]):
         self._sequence = itertools.count(1)
         self._outage_since: float | None = None
         self._last_contact = time.time()
-        self._loop = asyncio.new_event_loop()
+        self._loop: asyncio.AbstractEventLoop | None = None  # one per connection run
         self._lost: asyncio.Event | None = None
         self._client: Client | None = None
 
     # -- lifecycle, on the receiver thread
 
     def _receive(self, stop: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
+        # One event loop per connection run: a pause ends it, a resume makes the next.
+        loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         try:
             run_connection_loop(
                 self.label,
-                lambda: self._loop.run_until_complete(self._connect()),
-                lambda: self._loop.run_until_complete(self._serve(stop)),
-                lambda: self._loop.run_until_complete(self._disconnect()),
+                lambda: loop.run_until_complete(self._connect()),
+                lambda: loop.run_until_complete(self._serve(stop)),
+                lambda: loop.run_until_complete(self._disconnect()),
                 stop,
                 Backoff(0.5, self._config.reconnect_max_seconds),
             )
         finally:
             self._positions.save(self._committed_snapshot(), force=True)
-            self._loop.close()
+            loop.close()
 
-    def stop(self) -> None:
-        self._stop.set()
-        lost = self._lost
-        if lost is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(lost.set)
-        super().stop()
+    def _wake(self) -> None:
+        # `_serve` waits on the session's `lost` event, on the receiver's loop.
+        lost, loop = self._lost, self._loop
+        if lost is not None and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing waits
+                loop.call_soon_threadsafe(lost.set)
 
     async def _connect(self) -> None:
         config = self._config
@@ -1170,24 +1173,38 @@ class _OpcUaCheckpointMark(CheckpointMark):
     `through` is the newest source time it covers, for a runner that restores
     the reader in a process without its receiver (Flink): back-fill from there.
     `spooled`: the spool rows the bundle carried, deleted once it committed.
+    `incarnation`, `upto`: as in `AckCheckpointMark`, for a drain before a restart.
     """
 
     def __init__(
-        self, source_key: str, seq: int, through: float, spooled: Sequence[int] = ()
+        self,
+        source_key: str,
+        seq: int,
+        through: float,
+        spooled: Sequence[int] = (),
+        *,
+        incarnation: int = 0,
+        upto: int = 0,
     ) -> None:
         self.source_key = source_key
         self.seq = seq
         self.through = through
         self.spooled = tuple(spooled)
+        self.incarnation = incarnation
+        self.upto = upto
 
     def finalize_checkpoint(self) -> None:
         receiver = _receiver(self.source_key)
         if receiver is not None and self.seq:
             receiver.committed(self.seq)
         release_spooled(self.source_key, self.spooled)
+        if receiver is not None:
+            receiver.note_committed(self.incarnation, self.upto)
 
     def _key(self) -> tuple[Any, ...]:
-        return (self.source_key, self.seq, self.through, self.spooled)
+        return (
+            self.source_key, self.seq, self.through, self.spooled, self.incarnation, self.upto,
+        )  # fmt: skip
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _OpcUaCheckpointMark) and other._key() == self._key()
@@ -1203,15 +1220,24 @@ class _OpcUaCheckpointMarkCoder(coders.Coder):
             coders.VarIntCoder(),
             coders.FloatCoder(),
             coders.IterableCoder(coders.VarIntCoder()),
+            coders.VarIntCoder(),
+            coders.VarIntCoder(),
         )
     )
 
     def encode(self, value: _OpcUaCheckpointMark) -> bytes:
-        return self._tuple.encode((value.source_key, value.seq, value.through, value.spooled))
+        return self._tuple.encode(
+            (
+                value.source_key, value.seq, value.through, value.spooled, value.incarnation,
+                value.upto,
+            )  # fmt: skip
+        )
 
     def decode(self, encoded: bytes) -> _OpcUaCheckpointMark:
-        source_key, seq, through, spooled = self._tuple.decode(encoded)
-        return _OpcUaCheckpointMark(source_key, seq, through, list(spooled))
+        source_key, seq, through, spooled, incarnation, upto = self._tuple.decode(encoded)
+        return _OpcUaCheckpointMark(
+            source_key, seq, through, list(spooled), incarnation=incarnation, upto=upto
+        )
 
     def is_deterministic(self) -> bool:
         return True
@@ -1251,12 +1277,13 @@ class _OpcUaReader(PushReader[Item]):
 
     def get_checkpoint_mark(self) -> _OpcUaCheckpointMark:
         span, self._span = self._span, {}
-        seq = 0
-        if span:
-            receiver = self.receiver
-            assert isinstance(receiver, _OpcUaReceiver)
-            seq = receiver.handed_out(span)
-        return _OpcUaCheckpointMark(self.source_key, seq, self._through, self.take_spooled())
+        receiver = self.receiver
+        assert isinstance(receiver, _OpcUaReceiver)
+        seq = receiver.handed_out(span) if span else 0
+        return _OpcUaCheckpointMark(
+            self.source_key, seq, self._through, self.take_spooled(),
+            incarnation=receiver.incarnation, upto=receiver.items_handed_out,
+        )  # fmt: skip
 
 
 class _OpcUaUnboundedSource(UnboundedSource):

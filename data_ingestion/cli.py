@@ -12,6 +12,7 @@ Examples::
     python -m data_ingestion demo --config data_ingestion_config.json
     python -m data_ingestion status --url http://127.0.0.1:9180/
     python -m data_ingestion notify --config data_ingestion_config.json
+    python -m data_ingestion ctl pause fh_bus --user alice --password-env GLASS_PASSWORD
 
 `run` passes every option it does not know to Beam (`--prism_location`,
 `--flink_master`, ...) and runs until SIGINT or SIGTERM. `--log-level` and
@@ -215,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     notify.add_argument("--config", required=True)
 
+    from data_ingestion.control import add_ctl_parser
+
+    add_ctl_parser(commands)
+
     for command in commands.choices.values():
         if command is not stack:
             # Also after the command; SUPPRESS keeps a value given before it.
@@ -241,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args)
     if args.command == "notify":
         return _notify(args)
+    if args.command == "ctl":
+        from data_ingestion.control import run_ctl
+
+        return run_ctl(args)
     if args.command == "stack":
         from data_ingestion import stack as local_stack
 

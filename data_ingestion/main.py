@@ -12,7 +12,11 @@ Example::
 
 `python -m data_ingestion run` is the same thing from the command line.
 While the pipeline runs, `monitoring.http_host:http_port` serves `/healthz`,
-`/readyz`, `/metrics` and the status page (`data_ingestion.monitoring`).
+`/readyz`, `/metrics` and the status page (`data_ingestion.monitoring`), and
+the control API (`data_ingestion.control`): its restarts and new configs are
+carried out here, by the loop that watches the job (`_supervise`): drain the
+sources, cancel, start again; a new config that does not start is rolled
+back to the one that ran.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from data_ingestion import log_setup
+from data_ingestion.control import Controller, RestartRequest
 from data_ingestion.log_setup import note_stopping, protect_secrets
 from data_ingestion.monitoring import Monitor
 from data_ingestion.notifications import Notifications, start_notifications
 from data_ingestion.setup import DataIngestionSetup
 from pipelines.config import DataIngestionConfig, parse_config, to_dict
+from pipelines.control_config import ControlConfig
 
 __all__ = ["DataIngestionSystem"]
 
@@ -80,6 +87,17 @@ def _workers_in_this_process(config: DataIngestionConfig, beam_args: Sequence[st
     return str(environment).upper() == "LOOPBACK"
 
 
+def _restart_over(stop: threading.Event) -> None:
+    """The cancelled job is gone and its successor runs: worker errors count again.
+
+    `note_stopping` (before a restart's cancel) demotes what Beam and Prism
+    say about the bundles a cancel cuts short; log_setup has no call that
+    ends it, and a restart needs one (unless a real stop came meanwhile).
+    """
+    if not stop.is_set():
+        log_setup._STOPPING.clear()
+
+
 class DataIngestionSystem:
     """Runs the ingestion pipeline described by one config.
 
@@ -104,6 +122,7 @@ class DataIngestionSystem:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.monitor: Monitor | None = None
+        self.controller: Controller | None = None
         self._notifications: Notifications | None = None
 
     def initialize(self) -> DataIngestionConfig:
@@ -127,31 +146,112 @@ class DataIngestionSystem:
         metrics.set_enabled(config.monitoring.enabled)
         if not config.monitoring.enabled:
             return None
-        monitor = Monitor(
-            config, sources_in_process=_workers_in_this_process(config, self._beam_args)
+        in_process = _workers_in_this_process(config, self._beam_args)
+        self.controller = Controller(
+            config,
+            beam_args=self._beam_args,
+            overrides=self._overrides,
+            sources_in_process=in_process,
         )
+        monitor = Monitor(config, sources_in_process=in_process, controller=self.controller)
         monitor.start()
         return monitor
 
     def run_until(self, stop: threading.Event) -> int:
         """Runs in this thread until `stop` is set; 0 if stopped as asked."""
-        from pipelines.runner import start, wait_until_stopped
+        from pipelines.runner import start
 
         config = self.config or self.initialize()
         self.monitor = self._start_monitor(config)
-        notifications = start_notifications(config)
+        self._notifications = start_notifications(config)
         try:
-            result = start(config, self._beam_args)
-            if self.monitor is not None:
-                self.monitor.attach(result, stopping=stop)
-            wait_until_stopped(result, stop, config.pipeline.name)
+            return self._supervise(start(config, self._beam_args), stop)
         finally:
-            if notifications is not None:
-                notifications.stop()
+            if self._notifications is not None:
+                self._notifications.stop()
             if self.monitor is not None:
                 self.monitor.stop()
-        # A streaming job that ends without being asked to has failed.
-        return 0 if stop.is_set() else 1
+
+    def _supervise(self, result: Any, stop: threading.Event) -> int:
+        """Watches the job until `stop`, restarting it when the control API asks.
+
+        Returns 0 if stopped as asked, 1 if the job ended by itself (a
+        streaming job that ends without being asked to has failed).
+        """
+        from pipelines.runner import wait_until_stopped
+
+        controller = self.controller
+        restart = controller.restart_asked if controller is not None else None
+        if controller is not None:
+            controller.supervised = True
+        try:
+            while True:
+                config = self.config
+                assert config is not None
+                if self.monitor is not None:
+                    self.monitor.attach(result, stopping=stop)
+                drain = ControlConfig.drain_of(config.control)
+                wait_until_stopped(
+                    result, stop, config.pipeline.name, restart=restart, drain_seconds=drain,
+                    before_cancel=note_stopping,
+                )  # fmt: skip
+                request = controller.take_restart() if controller is not None else None
+                if stop.is_set() or request is None or controller is None:
+                    return 0 if stop.is_set() else 1
+                result = self._restart(controller, request)
+                _restart_over(stop)
+        finally:
+            if controller is not None:
+                controller.stop_supervising()
+
+    def _restart(self, controller: Controller, request: RestartRequest) -> Any:
+        """Starts the job again (with the request's config, if any); the old one is gone."""
+        from pipelines.runner import start
+
+        old = self.config
+        assert old is not None
+        new = request.config or old
+        name = new.pipeline.name
+        if self.monitor is not None:
+            self.monitor.note_restarting()
+        # Before anything of the new config can reach a log line.
+        protect_secrets(new)
+        try:
+            result = start(new, self._beam_args)
+        except Exception as err:
+            if new is old:
+                controller.finish_restart(
+                    request, 500, {"ok": False, "error": f"the pipeline did not start: {err}"}
+                )
+                raise
+            _LOGGER.error(
+                "pipeline %s: the new config did not start (%s); starting the previous one",
+                name, err,
+            )  # fmt: skip
+            result = start(old, self._beam_args)
+            controller.finish_restart(
+                request, 500,
+                {"ok": False, "error": f"the new config did not start ({err}); the previous "
+                 "config runs again"},
+            )  # fmt: skip
+            return result
+        if new is not old:
+            self._reconfigure(controller, new)
+        _LOGGER.info("pipeline %s: restarted (asked by %s)", name, request.by)
+        controller.finish_restart(
+            request, 200, {"ok": True, "state": "restarted", "applied": new is not old}
+        )
+        return result
+
+    def _reconfigure(self, controller: Controller, config: DataIngestionConfig) -> None:
+        """What outlives the job takes the new config: monitor, control, notifications."""
+        self.config = config
+        controller.config = config
+        if self.monitor is not None:
+            self.monitor.reconfigure(config)
+        if self._notifications is not None:
+            self._notifications.stop()
+        self._notifications = start_notifications(config)
 
     async def initialize_system(self) -> None:
         await asyncio.to_thread(self.initialize)
@@ -161,9 +261,10 @@ class DataIngestionSystem:
 
         Submission happens on the calling thread (call from the main thread):
         Beam's job-server launcher installs a SIGINT handler, which only the
-        main thread may do.
+        main thread may do. Restarts asked through the control API happen on
+        the watching thread (fine with the project's own Prism server).
         """
-        from pipelines.runner import start, wait_until_stopped
+        from pipelines.runner import start
 
         config = self.config or self.initialize()
         self.monitor = self._start_monitor(config)
@@ -179,10 +280,7 @@ class DataIngestionSystem:
         if self.monitor is not None:
             self.monitor.attach(result, stopping=self._stop)
         self._thread = threading.Thread(
-            target=wait_until_stopped,
-            args=(result, self._stop, config.pipeline.name),
-            name="data-ingestion",
-            daemon=True,
+            target=self._supervise, args=(result, self._stop), name="data-ingestion", daemon=True
         )
         self._thread.start()
 

@@ -13,6 +13,17 @@
   and memory).
 - `/`: the status page (`data_ingestion/status_page/`, plain HTML and
   JavaScript shipped in the package), fed by `/api/status`.
+- `/api/config`: the running config, every secret shown as `***`.
+- the control API (POST; pause and resume a source, acknowledge an alert,
+  restart, validate and apply a config), carried out by a
+  `data_ingestion.control.Controller`.
+
+With a `control` section in the config every request but `/healthz` and
+`/readyz` needs a user (HTTP Basic or Bearer) whose role allows it, and the
+server speaks TLS when `control.tls_certfile`/`tls_keyfile` are set; without
+one, reads are open as before and every change is refused
+(`data_ingestion.control`). Changes, allowed or not, are audited: a log line
+and an `audit/1` record on the health topic.
 
 Every `health_interval_seconds` it checks the same things, writes a health
 record to `monitoring.health_topic` (that write is also the probe of whether
@@ -39,9 +50,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import http.server
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -54,10 +67,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from connectors import metrics
 from connectors.kafka import encode_alert
 from connectors.metrics import SourceStats
+from data_ingestion.control import (
+    ANONYMOUS,
+    MAX_BODY_BYTES,
+    Access,
+    Action,
+    AuditEntry,
+    AuthenticationFailed,
+    ControlError,
+    Identity,
+    allowed,
+    audit,
+    masked_config,
+    route,
+)
 from pipelines.config import DataIngestionConfig
 from records import CLEARED, RAISED, Alert, AlertRule, Severity, format_ts
 
-__all__ = ["Monitor", "SourceHealth", "check_source", "fetch_status"]
+__all__ = ["Monitor", "SourceHealth", "alert_id", "check_source", "fetch_status"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -74,6 +101,10 @@ _PRISM_RUNNERS = ("PrismRunner", "DirectRunner")
 _TERMINAL = ("DONE", "FAILED", "CANCELLED", "UPDATED", "DRAINED")
 _SHOWN_ALERTS = 50
 _SHOWN_REASONS = 20
+# A client that stalls a request (or a TLS handshake) frees its thread after this.
+_REQUEST_TIMEOUT_SECONDS = 30.0
+_MAX_AUDIT_OUTBOX = 1000
+_REALM = 'realm="glass-ingest"'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +117,7 @@ class SourceHealth:
 
     name: str
     kind: str
-    state: str  # ok | starting | disconnected | silent | not_observed
+    state: str  # ok | starting | disconnected | silent | not_observed | paused
     healthy: bool | None
     reason: str
     connected: bool
@@ -95,6 +126,8 @@ class SourceHealth:
     reconnects: int
     buffer_fill: float
     expected_interval_seconds: float
+    paused_by: str | None = None
+    paused_since: float | None = None
 
 
 def check_source(
@@ -118,6 +151,14 @@ def check_source(
         )
     length, capacity, _ = stats.buffer_fill()
     fill = length / capacity if capacity else 0.0
+    if stats.paused is not None:
+        # Down on purpose (maintenance): neither for nor against readiness, no alert.
+        by, paused_at = stats.paused
+        return SourceHealth(
+            name, kind, "paused", None, f"paused by {by} for {now - paused_at:.0f} s", False,
+            stats.last_received_at, stats.received, stats.reconnects, fill, expected_seconds,
+            by, paused_at,
+        )  # fmt: skip
     since = now - stats.state_since
     last = stats.last_received_at
     if not stats.connected:
@@ -154,15 +195,18 @@ class _KafkaProbe:
 
 
 class _HealthWriter:
-    """The launcher's own Kafka producer: health records and health alerts.
+    """The launcher's own Kafka producer: health records, health alerts, audit records.
 
-    Alerts that Kafka did not take wait in an outbox for the next check.
+    Alerts and audit records that Kafka did not take wait in an outbox for the
+    next check.
     """
 
     def __init__(self, config: DataIngestionConfig) -> None:
         self._config = config
         self._producer: Any = None
         self._outbox: list[Alert] = []
+        self._audits: list[dict[str, Any]] = []
+        self._audit_lock = threading.Lock()
 
     def _connect(self) -> Any:
         if self._producer is None:
@@ -218,6 +262,17 @@ class _HealthWriter:
                 headers=[("source", b"pipeline"), ("schema", b"health/1")],
             )
         ]
+        with self._audit_lock:
+            audits, self._audits = self._audits, []
+        for entry in audits:
+            futures.append(
+                producer.send(
+                    self._config.monitoring.health_topic,
+                    key=name.encode(),
+                    value=orjson.dumps(entry),
+                    headers=[("source", b"control"), ("schema", b"audit/1")],
+                )
+            )
         for alert in self._outbox:
             # Encoded as the pipeline's own alert sink encodes them.
             key, value, timestamp_ms, headers = encode_alert(alert)
@@ -230,9 +285,14 @@ class _HealthWriter:
                     headers=headers,
                 )
             )
-        producer.flush(timeout=timeout)
-        for future in futures:
-            future.get(timeout=0.001)
+        try:
+            producer.flush(timeout=timeout)
+            for future in futures:
+                future.get(timeout=0.001)
+        except Exception:
+            with self._audit_lock:
+                self._audits[:0] = audits  # again with the next check
+            raise
         sent, self._outbox = self._outbox, []
         for alert in sent:
             metrics.sink_stats().note_alert(alert)
@@ -240,6 +300,18 @@ class _HealthWriter:
     def queue(self, alert: Alert) -> None:
         """Sends `alert` with the next write."""
         self._outbox.append(alert)
+
+    def queue_audit(self, record: dict[str, Any]) -> None:
+        """Sends an audit record with the next write (the oldest go first when too many wait)."""
+        with self._audit_lock:
+            self._audits.append(record)
+            del self._audits[:-_MAX_AUDIT_OUTBOX]
+
+    def take_outboxes(self, other: _HealthWriter) -> None:
+        """What `other` had not sent yet goes with this writer's next write."""
+        self._outbox.extend(other._outbox)
+        with other._audit_lock, self._audit_lock:
+            self._audits.extend(other._audits)
 
     def close(self) -> None:
         if self._producer is not None:
@@ -257,6 +329,7 @@ class Monitor:
         reader, runs in this process (a LOOPBACK environment); None: as on
         Prism's default, LOOPBACK, and not on Flink's.
       clock: seconds since the epoch (for tests).
+      controller: carries out the control API's changes; None: they are refused.
     """
 
     def __init__(
@@ -265,11 +338,18 @@ class Monitor:
         *,
         sources_in_process: bool | None = None,
         clock: Callable[[], float] = time.time,
+        controller: Any = None,
     ) -> None:
         self._config = config
         self._settings = config.monitoring
         self._clock = clock
         self._sources = [(kind, source.name) for kind, _, source in config.sources.declared()]
+        self.access = Access(config.control)
+        self.controller = controller
+        if controller is not None:
+            controller.monitor = self
+        # Acknowledged alerts: alert id -> (who, when).
+        self._acks: dict[str, tuple[str, float]] = {}
         self._observed_here = (
             config.pipeline.runner in _PRISM_RUNNERS
             if sources_in_process is None
@@ -279,7 +359,7 @@ class Monitor:
         self._stopping = threading.Event()
         self._job_state = "STARTING"
         self._stop = threading.Event()
-        self._server: http.server.ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
         self._probe = _KafkaProbe()
         self._writer = _HealthWriter(config)
@@ -297,7 +377,12 @@ class Monitor:
         """The status page's address; None when the port could not be bound."""
         if self._server is None:
             return None
-        return f"http://{self._settings.http_host}:{self._server.server_port}/"
+        scheme = "https" if self._server.tls is not None else "http"
+        return f"{scheme}://{self._settings.http_host}:{self._server.server_port}/"
+
+    @property
+    def config(self) -> DataIngestionConfig:
+        return self._config
 
     def start(self) -> None:
         """Serves HTTP and starts the periodic check.
@@ -310,7 +395,7 @@ class Monitor:
         host, port = self._settings.http_host, self._settings.http_port
         self._threads = [threading.Thread(target=self._run, name="monitoring-health", daemon=True)]
         try:
-            self._server = http.server.ThreadingHTTPServer((host, port), _handler(self))
+            self._server = _Server((host, port), _handler(self), _tls(self._config))
         except OSError as err:
             _LOGGER.warning(
                 "monitoring: cannot serve on %s:%d (%s; another pipeline?): no /healthz, "
@@ -318,13 +403,20 @@ class Monitor:
                 host, port, err.strerror,
             )  # fmt: skip
         else:
-            self._server.daemon_threads = True
             self._threads.append(
                 threading.Thread(
                     target=self._server.serve_forever, name="monitoring-http", daemon=True
                 )
             )
-            _LOGGER.info("monitoring: status page, /healthz, /readyz and /metrics on %s", self.url)
+            control = (
+                f"control API for {len(self._config.control.users)} user(s)"
+                if self._config.control is not None
+                else "no control API users: reads open, changes refused"
+            )
+            _LOGGER.info(
+                "monitoring: status page, /healthz, /readyz and /metrics on %s; %s",
+                self.url, control,
+            )  # fmt: skip
         for thread in self._threads:
             thread.start()
 
@@ -335,9 +427,31 @@ class Monitor:
         alerts, and /readyz says the pipeline is stopping.
         """
         self._result = result
+        # A restarted job's sources get their expected interval to connect again.
+        self._started_at = self._clock()
         if stopping is not None:
             self._stopping = stopping
         self._poll_job()
+
+    def note_restarting(self) -> None:
+        """The job is being replaced: alive, not ready, no health alerts until `attach`."""
+        self._result = None
+        self._job_state = "RESTARTING"
+
+    def reconfigure(self, config: DataIngestionConfig) -> None:
+        """A new config was applied: its sources, users and health settings count from now.
+
+        Where the server listens (and its TLS) stays until the process starts again.
+        """
+        writer = _HealthWriter(config)
+        writer.take_outboxes(self._writer)
+        old, self._writer = self._writer, writer
+        old.close()
+        self._config = config
+        self._settings = config.monitoring
+        self._sources = [(kind, source.name) for kind, _, source in config.sources.declared()]
+        self.access = Access(config.control)
+        metrics.watch_tags(self._settings.status_tags)
 
     def stop(self) -> None:
         self._stop.set()
@@ -352,12 +466,15 @@ class Monitor:
     # -- checks
 
     def _poll_job(self) -> None:
-        if self._result is None or self._stop.is_set():
+        result = self._result
+        if result is None or self._stop.is_set():
             return
         try:
-            self._job_state = str(self._result.state).rsplit(".", 1)[-1]
+            state = str(result.state).rsplit(".", 1)[-1]
         except Exception:  # noqa: BLE001 - the job server is gone: that is the answer
-            self._job_state = "UNREACHABLE"
+            state = "UNREACHABLE"
+        if self._result is result:  # not replaced by a restart meanwhile
+            self._job_state = state
 
     def sources(self, now: float | None = None) -> list[SourceHealth]:
         now = self._clock() if now is None else now
@@ -476,11 +593,24 @@ class Monitor:
         if self._stopping.is_set() or self._job_state != "RUNNING":
             return []  # sources of a starting or stopping job are down on purpose
         alerts = []
+        stats = metrics.all_source_stats()
         for source in self.sources(now):
+            if source.state == "paused":
+                # Down on purpose: a raised alert clears, none is raised.
+                alert = self._transition(
+                    source.kind, source.name, AlertRule.SOURCE_UNHEALTHY, True, "", now
+                )
+                alerts += [alert] if alert is not None else []
+                continue
             if source.healthy is None:
                 continue
-            # A source that was never healthy gets its expected interval to start.
-            starting = source.name not in self._raised and now - self._started_at < max(
+            # A source that was never healthy (since the start, a restart or a
+            # resume) gets its expected interval to connect.
+            since = self._started_at
+            own = stats.get(source.name)
+            if own is not None and not own.ever_connected:
+                since = max(since, own.state_since)
+            starting = source.name not in self._raised and now - since < max(
                 source.expected_interval_seconds, self._settings.health_interval_seconds
             )
             if source.healthy is False and starting:
@@ -593,6 +723,7 @@ class Monitor:
             (a.device, a.tag, a.rule, a.start): a for a in active + list(self._raised.values())
         }
         active = sorted(unique.values(), key=lambda alert: alert.start, reverse=True)
+        acks = self._prune_acks(active)
 
         def rate(values: list[float]) -> float:
             return round(values[-1], 2) if values else 0.0
@@ -633,18 +764,102 @@ class Monitor:
                 for tag in self._settings.status_tags
             ],
             "alerts": [
-                {"source": a.source, "device": a.device, "tag": a.tag, "rule": a.rule,
-                 "severity": a.severity, "start": format_ts(a.start),
-                 "age_seconds": round(now - a.start, 1), "detail": a.detail}
+                {"id": alert_id(a), "source": a.source, "device": a.device, "tag": a.tag,
+                 "rule": a.rule, "severity": a.severity, "start": format_ts(a.start),
+                 "age_seconds": round(now - a.start, 1), "detail": a.detail,
+                 "acknowledged_by": acks.get(alert_id(a), (None, None))[0],
+                 "acknowledged_at": None if alert_id(a) not in acks
+                 else format_ts(acks[alert_id(a)][1])}
                 for a in active[:_SHOWN_ALERTS]
             ],
             "dead_letter_reasons": dict(reasons.most_common(_SHOWN_REASONS)),
         }  # fmt: skip
 
+    # -- the control API's part
+
+    def _active_alerts(self) -> list[Alert]:
+        sink = metrics.sink_stats()
+        with sink.lock:
+            active = list(sink.active_alerts.values())
+        return active + list(self._raised.values())
+
+    def _prune_acks(self, active: list[Alert]) -> dict[str, tuple[str, float]]:
+        """The acknowledgements of alerts still active; a cleared alert's goes."""
+        ids = {alert_id(alert) for alert in active}
+        with self._lock:
+            for gone in set(self._acks) - ids:
+                del self._acks[gone]
+            return dict(self._acks)
+
+    def acknowledge(self, identifier: str, by: str) -> dict[str, Any] | None:
+        """Marks active alert `identifier` acknowledged by `by` (the first ack stays)."""
+        for alert in self._active_alerts():
+            if alert_id(alert) == identifier:
+                with self._lock:
+                    who, at = self._acks.setdefault(identifier, (by, self._clock()))
+                return {
+                    "id": identifier, "rule": alert.rule, "device": alert.device,
+                    "tag": alert.tag, "start": format_ts(alert.start), "acknowledged_by": who,
+                    "acknowledged_at": format_ts(at),
+                }  # fmt: skip
+        return None
+
+    def audit(self, entry: AuditEntry) -> None:
+        """Logs a control request and sends it to the health topic with the next check."""
+        audit(entry, lambda e: self._writer.queue_audit(e.record(self._config.pipeline.name)))
+
+
+def alert_id(alert: Alert) -> str:
+    """A short stable id of an alert condition (its raise and clear share it)."""
+    identity = f"{alert.source}|{alert.device}|{alert.tag}|{alert.rule}|{format_ts(alert.start)}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    """The monitor's HTTP server; with `tls`, each connection's handshake runs in its own
+    thread, so a slow client cannot hold up the others."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[http.server.BaseHTTPRequestHandler],
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        self.tls = tls
+        super().__init__(address, handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(_REQUEST_TIMEOUT_SECONDS)
+        try:
+            secured = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as err:
+            _LOGGER.debug("http: TLS handshake with %s failed: %s", client_address[0], err)
+            return
+        try:
+            super().finish_request(secured, client_address)
+        finally:
+            secured.close()
+
+
+def _tls(config: DataIngestionConfig) -> ssl.SSLContext | None:
+    control = config.control
+    if control is None or control.tls_certfile is None or control.tls_keyfile is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(control.tls_certfile, control.tls_keyfile)
+    return context
+
 
 def _handler(monitor: Monitor) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "glass-ingest"
+        timeout = _REQUEST_TIMEOUT_SECONDS
 
         def do_GET(self) -> None:  # noqa: N802 - the http.server name
             path = self.path.split("?", 1)[0]
@@ -655,23 +870,123 @@ def _handler(monitor: Monitor) -> type[http.server.BaseHTTPRequestHandler]:
                 elif path == "/readyz":
                     ok, body = monitor.readiness()
                     self._json(200 if ok else 503, body)
+                elif self._caller(Action.READ, path) is None:
+                    pass  # refused, answered
                 elif path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
                 elif path == "/api/status":
                     self._json(200, monitor.status())
+                elif path == "/api/config":
+                    self._json(200, masked_config(monitor.config))
                 elif path in _STATIC:
                     name, content_type = _STATIC[path]
                     self._send(200, content_type, (_PAGE_DIR / name).read_bytes())
                 else:
                     self._json(404, {"error": f"no such page {path}"})
-            except BrokenPipeError:
+            except (TimeoutError, BrokenPipeError, ConnectionResetError):
                 pass
 
-        def _json(self, code: int, body: dict[str, Any]) -> None:
-            self._send(code, "application/json", json.dumps(body).encode())
+        def do_POST(self) -> None:  # noqa: N802 - the http.server name
+            path = self.path.split("?", 1)[0]
+            found = route(path)
+            try:
+                if found is None:
+                    self._json(404, {"ok": False, "error": f"no such action {path}"})
+                    return
+                action, target = found
+                caller = self._caller(action, target)
+                if caller is not None:
+                    status, body = self._perform(action, target, caller)
+                    outcome = "done" if status < 300 else "refused"
+                    detail = str(body.get("error") or body.get("state") or "")
+                    self._audit(caller, action, target, outcome, status, detail)
+                    self._json(status, body)
+            except (TimeoutError, BrokenPipeError, ConnectionResetError):
+                pass
 
-        def _send(self, code: int, content_type: str, data: bytes) -> None:
+        def _perform(
+            self, action: Action, target: str, caller: Identity
+        ) -> tuple[int, dict[str, Any]]:
+            content_type = self.headers.get("Content-Type", "").split(";")[0].strip()
+            if content_type != "application/json":
+                # A browser's cross-site form cannot send this type without CORS: no CSRF.
+                return 415, {"ok": False, "error": "send Content-Type: application/json"}
+            length = self.headers.get("Content-Length", "0")
+            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                return 413, {"ok": False, "error": f"body over {MAX_BODY_BYTES} bytes"}
+            body = self.rfile.read(int(length))
+            controller = monitor.controller
+            if controller is None:
+                return 503, {"ok": False, "error": "this process runs no pipeline to control"}
+            try:
+                return controller.perform(action, target, body, caller.name)
+            except ControlError as err:
+                return err.status, err.body()
+            except Exception as err:  # noqa: BLE001 - said to the caller, logged here
+                _LOGGER.exception("control: %s %s failed", action.value, target)
+                return 500, {"ok": False, "error": f"{type(err).__name__}: {err}"}
+
+        def _caller(self, action: Action, target: str) -> Identity | None:
+            """Who asks, if they may; else answers 401 or 403 (audited) and None."""
+            access = monitor.access
+            if not access.configured:
+                if action is Action.READ:
+                    return ANONYMOUS
+                self._refuse(
+                    403, ANONYMOUS, action, target,
+                    "no control section in the config: change actions are disabled",
+                )  # fmt: skip
+                return None
+            try:
+                caller = access.identify(self.headers.get("Authorization"))
+            except AuthenticationFailed as err:
+                self._refuse(401, ANONYMOUS, action, target, str(err), always=True)
+                return None
+            if caller is None:
+                self._refuse(401, ANONYMOUS, action, target, "no credentials")
+                return None
+            if not allowed(caller.role, action):
+                self._refuse(
+                    403, caller, action, target,
+                    f"{caller.name} ({caller.role}) may not {action.value}",
+                )  # fmt: skip
+                return None
+            return caller
+
+        def _refuse(
+            self, status: int, caller: Identity, action: Action, target: str, why: str,
+            *, always: bool = False,
+        ) -> None:  # fmt: skip
+            if action is not Action.READ or always:
+                who = caller if status != 401 else Identity("-", "-")  # type: ignore[arg-type]
+                self._audit(who, action, target, "denied", status, why)
+            if status == 401:
+                # Wrong credentials get the same answer as none: nothing to learn from it.
+                self._json(401, {"ok": False, "error": "authentication required"}, challenge=True)
+            else:
+                self._json(status, {"ok": False, "error": why})
+
+        def _audit(
+            self, caller: Identity, action: Action, target: str, outcome: str, status: int,
+            detail: str,
+        ) -> None:  # fmt: skip
+            monitor.audit(
+                AuditEntry(
+                    caller.name, caller.role, self.client_address[0], action.value, target,
+                    outcome, status, detail,
+                )  # fmt: skip
+            )
+
+        def _json(self, code: int, body: Any, *, challenge: bool = False) -> None:
+            self._send(code, "application/json", json.dumps(body).encode(), challenge=challenge)
+
+        def _send(
+            self, code: int, content_type: str, data: bytes, *, challenge: bool = False
+        ) -> None:
             self.send_response(code)
+            if challenge:
+                self.send_header("WWW-Authenticate", f'Basic {_REALM}, charset="UTF-8"')
+                self.send_header("WWW-Authenticate", f"Bearer {_REALM}")
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")

@@ -35,6 +35,7 @@ from connectors.kafka_config import KafkaSink
 from connectors.modbus_config import ModbusSource
 from connectors.mqtt_config import MqttSource
 from connectors.opcua_config import OpcUaSource
+from pipelines.control_config import ControlConfig
 from pipelines.logging_config import LoggingConfig
 from pipelines.monitoring_config import MonitoringConfig
 from pipelines.notifications_config import NotificationsConfig
@@ -153,6 +154,8 @@ class DataIngestionConfig:
     monitoring: MonitoringConfig = MonitoringConfig()
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     notifications: NotificationsConfig = dataclasses.field(default_factory=NotificationsConfig)
+    # None: no control API users; reads stay open and change actions are refused.
+    control: ControlConfig | None = None
 
     def validate(self, path: str) -> list[str]:
         names = [source.name for _, _, source in self.sources.declared()]
@@ -160,7 +163,14 @@ class DataIngestionConfig:
             field.name: getattr(self.kafka.topics, field.name)
             for field in dataclasses.fields(self.kafka.topics)
         }
-        return self.monitoring.check_against(join_path(path, "monitoring"), names, topics)
+        errors = self.monitoring.check_against(join_path(path, "monitoring"), names, topics)
+        if self.control is not None:
+            errors += self.control.check_against(
+                join_path(path, "control"),
+                self.monitoring.http_host,
+                join_path(join_path(path, "monitoring"), "http_host"),
+            )
+        return errors
 
 
 def parse_config(data: Mapping[str, Any]) -> DataIngestionConfig:

@@ -10,6 +10,13 @@ does not reach (`pipelines.prism`), so the job is cancelled before Prism
 stops; then the sources are closed and what the stop left is logged once
 (`pipelines.shutdown`).
 
+A restart (the control API's, `data_ingestion.control`) sets `restart`
+instead: the sources drain first (`connectors.base.drain_sources`: no new
+input, what they handed out committed and acknowledged), so the cancel cuts
+no bundle that carried data, and the caller starts the job again.
+`build_only` builds a config's pipeline without running it, to refuse a
+config whose pipeline cannot be built before the running one is touched.
+
 Example::
 
     stop = threading.Event()
@@ -22,7 +29,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import apache_beam as beam
 import grpc
@@ -30,7 +37,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 from kafka.errors import RetriableError
 
-from connectors.base import Backoff
+from connectors.base import Backoff, drain_sources
 from connectors.kafka import ensure_topics
 from connectors.kafka_config import KafkaSink
 from pipelines.config import DataIngestionConfig
@@ -39,7 +46,7 @@ from pipelines.options import pipeline_options
 from pipelines.prism import PrismServer, own_prism_args
 from pipelines.shutdown import close_sources
 
-__all__ = ["start", "wait_until_stopped", "run_until_stopped"]
+__all__ = ["build_only", "start", "wait_until_stopped", "run_until_stopped"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -85,6 +92,11 @@ def _retry_ensure_topics(kafka: KafkaSink) -> None:
         return
 
 
+def build_only(config: DataIngestionConfig, beam_args: Sequence[str]) -> None:
+    """Builds the pipeline of `config` without submitting it; raises what building raises."""
+    build_ingest(beam.Pipeline(options=pipeline_options(config, beam_args)), config)
+
+
 def start(config: DataIngestionConfig, beam_args: Sequence[str]) -> PipelineResult:
     """Builds and submits the pipeline; returns the running job."""
     if config.kafka.create_topics:
@@ -124,14 +136,25 @@ def _state(result: PipelineResult) -> str | None:
         return None
 
 
-def wait_until_stopped(result: PipelineResult, stop: threading.Event, name: str) -> str:
-    """Blocks until `stop` is set or the job ends, then cancels it if running.
+def wait_until_stopped(
+    result: PipelineResult,
+    stop: threading.Event,
+    name: str,
+    *,
+    restart: threading.Event | None = None,
+    drain_seconds: float = 10.0,
+    before_cancel: Callable[[], None] | None = None,
+) -> str:
+    """Blocks until `stop` or `restart` is set or the job ends, then cancels it if running.
 
-    Then stops the job's own Prism, closes the sources and logs what they left.
+    For a `restart` the sources drain first, for up to `drain_seconds`, and
+    `before_cancel` is called (the log learns the bundles cut short are
+    expected). Then it stops the job's own Prism, closes the sources and logs
+    what they left.
     """
     state = "UNKNOWN"
     try:
-        state = _wait(result, stop, name)
+        state = _wait(result, stop, name, restart, drain_seconds, before_cancel)
         return state
     finally:
         prism, started = _RUNS.pop(id(result), (None, time.monotonic()))
@@ -140,8 +163,20 @@ def wait_until_stopped(result: PipelineResult, stop: threading.Event, name: str)
         close_sources(name, state, ran_seconds=time.monotonic() - started)
 
 
-def _wait(result: PipelineResult, stop: threading.Event, name: str) -> str:
+def _wait(
+    result: PipelineResult,
+    stop: threading.Event,
+    name: str,
+    restart: threading.Event | None,
+    drain_seconds: float,
+    before_cancel: Callable[[], None] | None,
+) -> str:
     while not stop.wait(_POLL_SECONDS):
+        if restart is not None and restart.is_set():
+            _drain(name, drain_seconds)
+            if before_cancel is not None:
+                before_cancel()
+            break
         state = _state(result)
         if state is None and stop.wait(_POLL_SECONDS):
             return "STOPPED"  # Ctrl-C reached Prism before our handler ran
@@ -154,6 +189,21 @@ def _wait(result: PipelineResult, stop: threading.Event, name: str) -> str:
         result.cancel()
         state = _state(result)
     return state or "STOPPED"
+
+
+def _drain(name: str, drain_seconds: float) -> None:
+    _LOGGER.info("pipeline %s: restarting; draining the sources", name)
+    started = time.monotonic()
+    late = drain_sources(drain_seconds)
+    took = time.monotonic() - started
+    if late:
+        _LOGGER.warning(
+            "pipeline %s: %s did not hand everything over within %.0f s; what they hold is "
+            "redelivered, spooled or read from history after the restart, as after a stop",
+            name, ", ".join(late), drain_seconds,
+        )  # fmt: skip
+    else:
+        _LOGGER.info("pipeline %s: sources drained in %.1f s", name, took)
 
 
 def run_until_stopped(

@@ -111,8 +111,11 @@ function renderTags(status) {
 function renderAlerts(status) {
   const rows = status.alerts.map((a) => {
     const tr = el("tr");
+    tr.dataset.alert = a.id;
     tr.append(el("td", age(a.age_seconds)), el("td", a.rule + " (" + a.severity + ")"),
-      el("td", a.tag ? a.device + "/" + a.tag : a.device), el("td", a.detail, "detail"));
+      el("td", a.tag ? a.device + "/" + a.tag : a.device), el("td", a.detail, "detail"),
+      el("td", a.acknowledged_by ? "by " + a.acknowledged_by : "no", a.acknowledged_by ? "acked" : "muted"),
+      el("td", a.id, "muted"));
     return tr;
   });
   if (!rows.length) {

@@ -161,7 +161,8 @@ def test_status_prints_one_line_per_source_and_why_not_ready() -> None:
 _DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # Every metric family this project exports (connectors.metrics) and the process collector's.
 _EXPORTED = {
-    "glass_source_received_total", "glass_source_connected", "glass_source_reconnects_total",
+    "glass_source_received_total", "glass_source_connected", "glass_source_paused",
+    "glass_source_reconnects_total",
     "glass_source_last_received_timestamp_seconds", "glass_source_lag_seconds",
     "glass_source_watermark_lag_seconds", "glass_source_buffer_fill_ratio",
     "glass_source_spooled_items", "glass_kafka_records_written_total", "glass_dead_letters_total",
