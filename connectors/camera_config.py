@@ -74,7 +74,7 @@ class CameraDetection:
     # more than this fraction of its grey level (and by more than its usual noise); the
     # counterpart of MIK-1's DEFECT_SENSITIVITY_THRESHOLD (nominal 0.15 there, whose
     # background is not learnt). Lower finds fainter bubbles and more noise.
-    sensitivity: float = 0.10
+    sensitivity: float = 0.085
     # Largest shift of the article between a station's frames that alignment follows,
     # in frame pixels (a carousel cell's play plus camera vibration).
     align_px: int = 24
