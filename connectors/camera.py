@@ -133,6 +133,7 @@ class _Frame(NamedTuple):
     meta: FrameMeta
     image: bytes | np.ndarray  # encoded (JPEG, PNG) or already decoded
     received_at: float
+    files: tuple[str, ...] = ()  # input folder: the image and its sidecar
 
 
 class LinkLost(ConnectionError):
@@ -293,6 +294,7 @@ class _Article:
         self.found: list[tuple[FrameMeta, FoundDefect]] = []
         self.last_ts = meta.capture_time
         self.last_seen = time.monotonic()
+        self.files: list[str] = []  # input folder: moved once the verdict is committed
 
 
 class _CameraReceiver(Receiver[Item]):
@@ -329,7 +331,22 @@ class _CameraReceiver(Receiver[Item]):
             self._worker.join(timeout=10)
 
     def _acknowledge(self, generation: int, handles: Sequence[Any]) -> None:
-        """Frames are analysed, not acknowledged: a live camera does not replay."""
+        """A live camera does not replay: nothing to acknowledge. A watch folder's files
+        whose records Kafka has committed go to `done_folder` (the generation does not
+        matter: a file is where it is, whichever connection read it)."""
+        done = self._config.done_folder
+        if done is None:
+            return
+        Path(done).mkdir(parents=True, exist_ok=True)
+        for files in handles:
+            for name in files:
+                source = Path(name)
+                try:
+                    source.replace(Path(done) / source.name)
+                except FileNotFoundError:
+                    pass  # an image that two sidecars named, or moved by hand
+                except OSError as err:
+                    _LOGGER.warning("%s: cannot move %s to %s: %s", self.label, name, done, err)
 
     # -- network thread
 
@@ -442,7 +459,9 @@ class _CameraReceiver(Receiver[Item]):
         number = self._plain_frames
         return FrameMeta(number, number, None, None, self._config.default_station, 1, 1, at)
 
-    def _take(self, meta: FrameMeta, image: bytes | np.ndarray) -> None:
+    def _take(
+        self, meta: FrameMeta, image: bytes | np.ndarray, files: tuple[str, ...] = ()
+    ) -> None:
         """One frame arrived: pace it, note link state and gaps, queue it for detection."""
         now = time.time()
         if self._lost_since is not None:
@@ -456,7 +475,7 @@ class _CameraReceiver(Receiver[Item]):
             if now < self._next_frame_at:
                 return
             self._next_frame_at = max(self._next_frame_at + 1 / limit, now)
-        self._frames.put(_Frame(meta, image, now))
+        self._frames.put(_Frame(meta, image, now, files))
 
     def _open_video(self, capture: list[Any]) -> None:
         url = self._config.url
@@ -484,8 +503,11 @@ class _CameraReceiver(Receiver[Item]):
         folder = Path(self._config.folder or ".")
         seen: set[str] = set()
         while not self._stop.is_set():
-            for path in sorted(folder.iterdir()):
-                if path.name in seen or path.name.startswith("."):
+            paths = sorted(folder.iterdir())
+            # Only names still in the folder: a folder read for months stays a small set.
+            seen.intersection_update(path.name for path in paths)
+            for path in paths:
+                if path.name in seen or path.name.startswith(".") or not path.is_file():
                     continue
                 if path.suffix == ".json":
                     seen.add(path.name)
@@ -493,7 +515,8 @@ class _CameraReceiver(Receiver[Item]):
                 elif path.suffix.lower() in _IMAGE_SUFFIXES and self._settled(path):
                     if not path.with_suffix(".json").exists():
                         seen.add(path.name)
-                        self._take(self._plain_meta(path.stat().st_mtime), path.read_bytes())
+                        self._take(self._plain_meta(path.stat().st_mtime), path.read_bytes(),
+                                   (str(path),))  # fmt: skip
             self._stop.wait(_FOLDER_POLL_SECONDS)
 
     @staticmethod
@@ -510,9 +533,10 @@ class _CameraReceiver(Receiver[Item]):
             meta = _meta_from_fields(fields)
             image = image_path.read_bytes()
         except (OSError, ValueError, TypeError, KeyError) as err:
-            self._dead_letter(Reason.UNDECODABLE, f"{sidecar.name}: {err}", {"file": str(sidecar)})
+            self._dead_letter(Reason.UNDECODABLE, f"{sidecar.name}: {err}", {"file": str(sidecar)},
+                              (str(sidecar),))  # fmt: skip
             return
-        self._take(meta, image)
+        self._take(meta, image, (str(image_path), str(sidecar)))
 
     # -- detection thread
 
@@ -557,6 +581,7 @@ class _CameraReceiver(Receiver[Item]):
         if article is None:
             article = self._articles[meta.article_id] = _Article(meta)
         article.indexes.add(meta.image_index)
+        article.files += frame.files
         article.found += [(meta, found) for found in analysis.defects]
         article.last_ts = max(article.last_ts, meta.capture_time)
         article.last_seen = time.monotonic()
@@ -573,7 +598,7 @@ class _CameraReceiver(Receiver[Item]):
             if gray is None:
                 self._dead_letter(
                     Reason.UNDECODABLE, f"frame {frame.meta.frame_id}: {len(image)} bytes do "
-                    "not decode as an image", _meta_dict(frame.meta),
+                    "not decode as an image", _meta_dict(frame.meta), frame.files,
                 )  # fmt: skip
                 return None
         else:
@@ -598,6 +623,7 @@ class _CameraReceiver(Receiver[Item]):
                 Reason.WRONG_FRAME,
                 f"frame {frame.meta.frame_id}: {problem}",
                 _meta_dict(frame.meta),
+                frame.files,
             )
             return None
         return gray
@@ -686,6 +712,8 @@ class _CameraReceiver(Receiver[Item]):
                 {"reject_stations": ",".join(str(s) for s in reject_stations)},
             ),
             now,
+            # The verdict is the article's last record: once it is committed, so are the rest.
+            tuple(article.files) or None,
         )  # fmt: skip
 
     def _close_stale_articles(self) -> None:
@@ -725,11 +753,15 @@ class _CameraReceiver(Receiver[Item]):
                 "or fewer stations per source)", self.label, self._frames.dropped,
             )  # fmt: skip
 
-    def _dead_letter(self, reason: Reason, detail: str, fields: dict[str, str]) -> None:
+    def _dead_letter(
+        self, reason: Reason, detail: str, fields: dict[str, str], files: tuple[str, ...] = ()
+    ) -> None:
         now = time.time()
         payload = json.dumps(fields)[:2000]
         self._deliver(
-            DeadLetter(_SOURCE, self._config.name, reason.value, detail, now, payload, "text"), now
+            DeadLetter(_SOURCE, self._config.name, reason.value, detail, now, payload, "text"),
+            now,
+            files or None,
         )
 
 

@@ -122,6 +122,9 @@ class CameraSource(SourceBase):
     input: Literal["mjpeg", "video", "folder"] = "mjpeg"
     url: str = ""
     folder: str | None = None
+    # input folder: images and sidecars go here once Kafka has committed their records
+    # (created if missing). None leaves them in place, and a restart reads them again.
+    done_folder: str | None = None
     # None reads every frame the camera sends; otherwise frames beyond it are skipped.
     fps_limit: float | None = None
     # Frames waiting for detection; beyond it the oldest are dropped and counted.
@@ -171,6 +174,14 @@ class CameraSource(SourceBase):
                 errors.append(f"{at('folder')}: no such folder {self.folder!r}")
         elif self.folder is not None:
             errors.append(f"{at('folder')}: applies only to input folder (remove it)")
+        if self.done_folder is not None:
+            if self.input != "folder":
+                errors.append(f"{at('done_folder')}: applies only to input folder (remove it)")
+            elif self.folder and Path(self.done_folder).resolve() == Path(self.folder).resolve():
+                errors.append(
+                    f"{at('done_folder')}: must differ from folder {self.folder!r} (e.g. "
+                    f"{str(Path(self.folder) / 'done')!r})"
+                )
         if self.fps_limit is not None:
             errors += check_range(at("fps_limit"), self.fps_limit, above=0)
         errors += check_range(at("frame_queue_size"), self.frame_queue_size, 1, 10_000)

@@ -11,7 +11,8 @@ other sizes, scales and defect shapes):
 - `folder`: a watch folder that a machine fills while the pipeline runs: 800x600
   PNG images of jar bases, each with a JSON sidecar (article, mould, station,
   capture time), and a few images without sidecar. Every article arrives with
-  its mould; its defects are found.
+  its mould; its defects are found; once Kafka has the verdicts, every file
+  has moved to `done_folder`.
 - `flood`: a camera far faster than detection: 4,000 frames as fast as the
   socket takes them into a frame queue of 8 (silent until the test starts it,
   hence a long `read_timeout_seconds`). Every frame is either analysed
@@ -188,7 +189,7 @@ def trial(
             {"name": "folder", "input": "folder", "folder": str(folder_path),
              "frame_width": FOLDER_SIZE[0], "frame_height": FOLDER_SIZE[1],
              "stations": [{"station": 4, "mm_per_px": FOLDER_MM, "zone": "bottom"}],
-             "default_station": 4},
+             "default_station": 4, "done_folder": str(folder_path / "done")},
             {"name": "flood", "url": flood_camera.url, "frame_queue_size": FLOOD_QUEUE,
              "mm_per_px": 0.15, "read_timeout_seconds": 600},
         ]
@@ -281,6 +282,12 @@ def test_a_watch_folder_filled_while_running_gives_every_article_with_its_mould(
     assert defective >= 10
     assert hit >= 0.85 * defective, (hit, defective)
     assert false <= 0.05 * good, (false, good)
+    # Kafka has the verdicts: every image and sidecar moves to done_folder.
+    done = trial.folder_path / "done"
+    wait_until(lambda: not [p for p in trial.folder_path.iterdir() if p.is_file()], timeout=60,
+               describe=lambda: str(sorted(p.name for p in trial.folder_path.iterdir())))  # fmt: skip
+    assert len(list(done.glob("jar_*.png"))) == len(list(done.glob("jar_*.json"))) == FOLDER_FRAMES
+    assert len(list(done.glob("loose_*.jpg"))) == LOOSE_IMAGES
 
 
 def test_a_camera_faster_than_detection_drops_counted_frames_in_bounded_memory(

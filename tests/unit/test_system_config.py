@@ -38,6 +38,13 @@ def test_every_camera_input_error_is_listed(tmp_path: Path) -> None:
                 {"name": "a", "input": "video"},
                 {"name": "b", "input": "folder", "folder": str(tmp_path / "missing")},
                 {"name": "c", "url": "rtsp://cam/1", "stations": [{"station": 5, "mm_per_px": 0}]},
+                {
+                    "name": "d",
+                    "input": "folder",
+                    "folder": str(tmp_path),
+                    "done_folder": str(tmp_path),
+                },
+                {"name": "e", "url": "http://cam/1", "done_folder": str(tmp_path / "done")},
             ]
         }
     }
@@ -50,4 +57,7 @@ def test_every_camera_input_error_is_listed(tmp_path: Path) -> None:
         "sources.camera[2].stations[0].mm_per_px: must be > 0, got 0",
         "sources.camera[2].url: 'rtsp://cam/1' must be an http(s):// URL for input mjpeg "
         "(e.g. http://127.0.0.1:8081/stream.mjpg)",
+        f"sources.camera[3].done_folder: must differ from folder '{tmp_path}' "
+        f"(e.g. '{tmp_path / 'done'}')",
+        "sources.camera[4].done_folder: applies only to input folder (remove it)",
     ]
