@@ -153,6 +153,11 @@ def note_stopping() -> None:
     _STOPPING.set()
 
 
+def note_restarted() -> None:
+    """A restart's successor job runs: what its workers say counts again."""
+    _STOPPING.clear()
+
+
 @dataclasses.dataclass(frozen=True)
 class _Noise:
     """A known message (`pattern`, searched in the text) demoted to `level`, and why."""

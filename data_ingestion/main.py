@@ -91,11 +91,11 @@ def _restart_over(stop: threading.Event) -> None:
     """The cancelled job is gone and its successor runs: worker errors count again.
 
     `note_stopping` (before a restart's cancel) demotes what Beam and Prism
-    say about the bundles a cancel cuts short; log_setup has no call that
-    ends it, and a restart needs one (unless a real stop came meanwhile).
+    say about the bundles a cancel cuts short; unless a real stop came
+    meanwhile, that ends here.
     """
     if not stop.is_set():
-        log_setup._STOPPING.clear()
+        log_setup.note_restarted()
 
 
 class DataIngestionSystem:

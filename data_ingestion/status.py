@@ -17,6 +17,7 @@ Exit status: 0 ready, 1 not ready, 2 no answer.
 from __future__ import annotations
 
 import sys
+import urllib.error
 from typing import Any
 
 __all__ = ["print_status", "format_status"]
@@ -79,6 +80,15 @@ def print_status(url: str | None, config_path: str | None) -> int:
         url = f"http://{monitoring.http_host}:{monitoring.http_port}/"
     try:
         status = fetch_status(url)
+    except urllib.error.HTTPError as err:
+        if err.code not in (401, 403):
+            raise
+        print(
+            f"the pipeline at {url} lets only its control users read its status: "
+            "python -m data_ingestion ctl status --url URL --user NAME --password-env VAR",
+            file=sys.stderr,
+        )
+        return _UNREACHABLE
     except OSError as err:
         print(
             f"no pipeline answers at {url} ({getattr(err, 'reason', err)}): is it running, "

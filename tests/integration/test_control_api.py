@@ -501,7 +501,7 @@ def test_changes_are_audited_with_who_from_where_and_the_outcome(line: Line) -> 
 
 
 def test_each_role_may_do_exactly_its_actions_over_the_cli(
-    line: Line, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    line: Line, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def ctl(*args: str) -> int:
         return cli.main(["ctl", *args, "--url", line.url])
@@ -531,6 +531,9 @@ def test_each_role_may_do_exactly_its_actions_over_the_cli(
         ctl("validate-config", str(invalid), *admin),
         ctl("apply-config", str(valid), *operator),
     ] == [3, 0, 3, 0, 0, 3, 1, 3, 3, 0, 1, 3]
+    # `status` (no credentials) points to `ctl status` instead of "no pipeline answers".
+    assert cli.main(["status", "--url", line.url]) == 2
+    assert "ctl status" in capsys.readouterr().err
     # The real entry point, in its own process.
     done = subprocess.run(
         [sys.executable, "-m", "data_ingestion", "ctl", "status", "--url", line.url, *viewer],
