@@ -13,11 +13,13 @@ other sizes, scales and defect shapes):
   capture time), and a few images without sidecar. Every article arrives with
   its mould; its defects are found; once Kafka has the verdicts, every file
   has moved to `done_folder`.
-- `flood`: a camera far faster than detection: 4,000 frames as fast as the
-  socket takes them into a frame queue of 8 (silent until the test starts it,
-  hence a long `read_timeout_seconds`). Every frame is either analysed
-  or counted in `frames_dropped`, none silently lost, and the pipeline's peak
-  memory grows by far less than the frames it was sent.
+- `flood`: a MIK-1 far faster than detection: 4,000 frames (articles of four
+  images) as fast as the socket takes them into a frame queue of 8 (silent
+  until the test starts it, hence a long `read_timeout_seconds`). Every frame
+  is either analysed or counted in `frames_dropped`, none silently lost; the
+  pipeline's peak memory grows by far less than the frames it was sent; an
+  article that lost images is judged at once on what was analysed, one that
+  lost them all gets no verdict.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ PLAIN_SIZE, PLAIN_MM = (960, 720), 0.12
 FOLDER_SIZE, FOLDER_MM = (800, 600), 0.16
 LEARNING = 20  # frames a station learns from first (the detector judges from its sixth)
 PLAIN_FRAMES, FOLDER_FRAMES, LOOSE_IMAGES = 100, 60, 3
-FLOOD_FRAMES, FLOOD_QUEUE = 4000, 8
+FLOOD_FRAMES, FLOOD_IMAGES, FLOOD_QUEUE = 4000, 4, 8
 
 
 @dataclass
@@ -69,9 +71,26 @@ def _frames(seed: int, kind: str, count: int, size: tuple[int, int], mm: float) 
     return frames
 
 
-def _part(body: bytes) -> bytes:
-    head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n"
-    return head.encode() + body + b"\r\n"
+def _part(body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"--{BOUNDARY}", "Content-Type: image/jpeg", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body + b"\r\n"
+
+
+def _flood_parts(body: bytes) -> list[bytes]:
+    """MIK-1 parts: articles of FLOOD_IMAGES images at station 5, frame ids from 1, a
+    millisecond apart (validation drops a reading with the tag and time of another)."""
+    parts, base = [], time.time()
+    for frame_id in range(1, FLOOD_FRAMES + 1):
+        article, index = divmod(frame_id - 1, FLOOD_IMAGES)
+        headers = {
+            "X-Frame-Id": str(frame_id), "X-Article-Id": str(article + 1),
+            "X-Mould-Number": "3", "X-Section": "2", "X-Station": "5",
+            "X-Image-Index": str(index + 1), "X-Image-Count": str(FLOOD_IMAGES),
+            "X-Capture-Time": format_ts(base + frame_id / 1000),
+        }  # fmt: skip
+        parts.append(_part(body, headers))
+    return parts
 
 
 class _Camera(http.server.ThreadingHTTPServer):
@@ -175,7 +194,7 @@ def trial(
     plain_camera = _Camera([_part(jpeg(f.image)) for f in plain], 1 / 25, start_now)
     flood_image = foreign_image(np.random.default_rng(23), "flask", (640, 512), 0.15, None)[0]
     flood_go = threading.Event()
-    flood_camera = _Camera([_part(jpeg(flood_image, 97))] * FLOOD_FRAMES, 0.0, flood_go)
+    flood_camera = _Camera(_flood_parts(jpeg(flood_image, 97)), 0.0, flood_go)
     for camera in (plain_camera, flood_camera):
         threading.Thread(target=camera.serve_forever, daemon=True).start()
     folder_path = tmp / "frames"
@@ -191,7 +210,7 @@ def trial(
              "stations": [{"station": 4, "mm_per_px": FOLDER_MM, "zone": "bottom"}],
              "default_station": 4, "done_folder": str(folder_path / "done")},
             {"name": "flood", "url": flood_camera.url, "frame_queue_size": FLOOD_QUEUE,
-             "mm_per_px": 0.15, "read_timeout_seconds": 600},
+             "mm_per_px": 0.15, "read_timeout_seconds": 600, "article_timeout_seconds": 600},
         ]
     }  # fmt: skip
     config["validation"]["rules"] = {}
@@ -300,8 +319,12 @@ def test_a_camera_faster_than_detection_drops_counted_frames_in_bounded_memory(
     before_mb = _peak_rss_mb(pid)
     trial.flood_go.set()
 
+    def analysed_frames() -> list[int]:
+        return [int(r["meta"]["frame_id"]) for r in trial.readings.records
+                if r["tag"] == "flood.station5.brightness"]  # fmt: skip
+
     def analysed() -> int:
-        return sum(1 for r in trial.readings.records if r["tag"] == "flood.station5.brightness")
+        return len(analysed_frames())
 
     def dropped() -> int:
         totals = [r["value"] for r in trial.readings.records if r["tag"] == "flood.frames_dropped"]
@@ -314,3 +337,15 @@ def test_a_camera_faster_than_detection_drops_counted_frames_in_bounded_memory(
     sent_mb = sum(len(part) for part in trial.flood.parts) / 2**20
     grown_mb = _peak_rss_mb(pid) - before_mb
     assert grown_mb < sent_mb / 4, f"peak memory grew {grown_mb:.0f} MB for {sent_mb:.0f} MB sent"
+    # An article that lost images is judged at once on what was analysed (the article
+    # timeout is 600 s here); one that lost them all was not inspected: no verdict.
+    images: dict[int, int] = {}
+    for frame_id in analysed_frames():
+        article = (frame_id - 1) // FLOOD_IMAGES + 1
+        images[article] = images.get(article, 0) + 1
+    wait_until(lambda: len(trial.verdicts("flood")) >= len(images), timeout=60,
+               step=trial.poll_all)  # fmt: skip
+    verdicts = trial.verdicts("flood")
+    assert {a: v["images"] for a, v in verdicts.items()} == images
+    assert all(v["complete"] == (v["images"] == FLOOD_IMAGES) for v in verdicts.values())
+    assert not all(v["complete"] for v in verdicts.values())
