@@ -17,6 +17,12 @@ source, whose receive queue and spool take what arrives meanwhile). Only an
 error that sending again cannot mend (authorization, a record too large)
 fails the bundle.
 
+TLS and SASL are configuration (`security_protocol` SSL, SASL_SSL,
+SASL_PLAINTEXT; `ssl_*`, `sasl_*`). A refused login or certificate is such an
+error: `check_security` logs in once before topics are created and before each
+producer is made, and raises `KafkaSecurityError` naming the cause, so the
+pipeline stops at start instead of retrying forever.
+
 Record formats (ARCHITECTURE.md, "Records"): value = UTF-8 JSON, Kafka
 timestamp = source timestamp, headers `source` and `schema` (`reading/1`,
 `deadletter/1`).
@@ -30,8 +36,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -40,7 +49,11 @@ import apache_beam as beam
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaTimeoutError, RetriableError, TopicAlreadyExistsError
+from kafka.net.sasl import get_sasl_mechanism
 from kafka.partitioner.default import DefaultPartitioner, murmur2
+from kafka.protocol.metadata import ApiVersionsRequest
+from kafka.protocol.parser import KafkaProtocol
+from kafka.protocol.sasl import SaslAuthenticateRequest, SaslHandshakeRequest
 
 from connectors import metrics
 from connectors.kafka_config import KafkaSink
@@ -60,9 +73,18 @@ from records import (
     reading_to_json,
 )
 
-__all__ = ["WriteToKafka", "ensure_topics", "producer_settings", "confluent_settings"]
+__all__ = [
+    "KafkaSecurityError",
+    "WriteToKafka",
+    "check_security",
+    "confluent_settings",
+    "ensure_topics",
+    "producer_settings",
+]
 
 _LOGGER = logging.getLogger(__name__)
+
+_DEFAULT_SECURITY_CHECK_TIMEOUT_SECONDS = 10.0
 
 Headers = list[tuple[str, str | bytes | None]]
 # (key, value, timestamp_ms, headers) ready for KafkaProducer.send.
@@ -208,8 +230,144 @@ def producer_settings(config: KafkaSink) -> dict[str, Any]:
     return settings
 
 
+class KafkaSecurityError(RuntimeError):
+    """The broker refused this client's TLS or login: sending again cannot help."""
+
+
+def _ssl_context(config: KafkaSink) -> ssl.SSLContext:
+    # As kafka-python 3 builds it, so the check and the producer agree.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.ssl_cafile:
+        context.load_verify_locations(config.ssl_cafile)
+    else:
+        context.load_default_certs()
+    if config.ssl_certfile:
+        context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile)
+    return context
+
+
+def check_security(
+    config: KafkaSink, *, timeout_seconds: float = _DEFAULT_SECURITY_CHECK_TIMEOUT_SECONDS
+) -> None:
+    """Logs in once to the first bootstrap server with `config`'s TLS and SASL
+    settings; raises `KafkaSecurityError` naming the cause if the broker refuses.
+
+    kafka-python 3.0 treats a refused login or certificate like an unreachable
+    broker: it retries until its bootstrap timeout, then reports only "Unable to
+    bootstrap" (a retriable error), and librdkafka only times deliveries out;
+    either way a wrong password would hold the pipeline forever. This check
+    speaks the handshake itself (TLS, ApiVersions, SASL) and reads the broker's
+    own answer. It returns when the broker accepts, and when it cannot be
+    reached at all (the clients' retry handles an outage). No-op for PLAINTEXT.
+    """
+    protocol = config.security_protocol
+    if protocol == "PLAINTEXT":
+        return
+    server = config.bootstrap_servers.split(",")[0]
+    host = server.rpartition(":")[0].strip("[]")
+    where = f"kafka {server} ({protocol})"
+    try:
+        context = _ssl_context(config) if protocol in ("SSL", "SASL_SSL") else None
+    except (OSError, ssl.SSLError) as err:
+        raise KafkaSecurityError(
+            f"{where}: cannot load kafka.ssl_cafile / ssl_certfile / ssl_keyfile: {err}"
+        ) from err
+    try:
+        sock = socket.create_connection((host, int(server.rpartition(":")[2])), timeout_seconds)
+    except OSError:
+        return  # unreachable: not a security problem
+    with contextlib.ExitStack() as stack:
+        stack.callback(sock.close)
+        link: socket.socket = sock
+        if context is not None:
+            try:
+                link = stack.enter_context(context.wrap_socket(sock, server_hostname=host))
+            except ssl.SSLCertVerificationError as err:
+                raise KafkaSecurityError(
+                    f"{where}: the broker's certificate is not trusted ({err.verify_message}); "
+                    f"kafka.ssl_cafile must hold the CA that signed it (now {config.ssl_cafile!r})"
+                ) from err
+            except ssl.SSLError as err:
+                raise KafkaSecurityError(
+                    f"{where}: TLS handshake failed ({err.reason}); is this a TLS listener?"
+                ) from err
+            except OSError:
+                return
+        parser = KafkaProtocol(client_id=config.client_id)
+        try:
+            # TLS 1.3 judges the client certificate after the handshake: the
+            # first answer is where a rejected one shows.
+            _call(link, parser, ApiVersionsRequest(version=0))
+        except ssl.SSLError as err:
+            if "ALERT" not in (err.reason or ""):
+                return  # not the broker's verdict (a dropped link): the clients' retry
+            if config.ssl_certfile is None:
+                problem = "requires a client certificate (set kafka.ssl_certfile, ssl_keyfile)"
+            else:
+                problem = (
+                    f"rejected the client certificate {config.ssl_certfile!r} (it must be "
+                    "signed by a CA the broker trusts)"
+                )
+            raise KafkaSecurityError(f"{where}: the broker {problem}: {err.reason}") from err
+        except OSError:
+            return
+        if protocol.startswith("SASL"):
+            _check_sasl_login(config, link, parser, host, where)
+
+
+def _check_sasl_login(
+    config: KafkaSink, link: socket.socket, parser: KafkaProtocol, host: str, where: str
+) -> None:
+    mechanism_name = config.sasl_mechanism
+    try:
+        handshake = _call(link, parser, SaslHandshakeRequest(version=1, mechanism=mechanism_name))
+        if handshake.error_code != 0 or mechanism_name not in handshake.mechanisms:
+            raise KafkaSecurityError(
+                f"{where}: the listener does not offer SASL {mechanism_name} (it offers "
+                f"{', '.join(handshake.mechanisms) or 'none'}); set kafka.sasl_mechanism"
+            )
+        mechanism = get_sasl_mechanism(mechanism_name)(
+            host=host,
+            security_protocol=config.security_protocol,
+            sasl_mechanism=mechanism_name,
+            sasl_plain_username=config.sasl_username,
+            sasl_plain_password=config.sasl_password,
+        )
+        while not mechanism.is_done():
+            request = SaslAuthenticateRequest(version=1, auth_bytes=mechanism.auth_bytes())
+            response = _call(link, parser, request)
+            if response.error_code != 0:
+                raise KafkaSecurityError(
+                    f"{where}: the broker refused the {mechanism_name} login of user "
+                    f"{config.sasl_username!r}: {response.error_message}; check "
+                    "kafka.sasl_username and kafka.sasl_password"
+                )
+            mechanism.receive(response.auth_bytes)
+    except OSError:
+        return  # the link broke: the clients' retry handles it
+
+
+def _call(link: socket.socket, parser: KafkaProtocol, request: Any) -> Any:
+    """Sends one request and waits for its response (blocking, with the socket's timeout)."""
+    parser.send_request(request)
+    link.sendall(parser.send_bytes())
+    while True:
+        data = link.recv(65536)
+        if not data:
+            raise ConnectionResetError("the broker closed the connection")
+        responses = parser.receive_bytes(data)
+        if responses:
+            return responses[0][1]
+
+
 def ensure_topics(config: KafkaSink) -> list[str]:
-    """Creates the configured topics that do not exist yet; returns those."""
+    """Creates the configured topics that do not exist yet; returns those.
+
+    Raises `KafkaSecurityError` when the broker refuses the TLS or login, a
+    retriable `KafkaError` when it cannot be reached.
+    """
+    check_security(config)
     topics = [
         config.topics.readings,
         config.topics.features,
@@ -440,6 +598,9 @@ class _WriteDoFn(beam.DoFn):
         into its queue and spool while this waits.
         """
         while self._client is None:
+            # A refused login fails the bundle at once, naming the cause; an
+            # unreachable broker is waited for below.
+            check_security(self._config)
             try:
                 if self._config.client == "confluent-kafka":
                     self._client = _ConfluentClient(self._config)

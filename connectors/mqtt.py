@@ -237,6 +237,10 @@ class _MqttReceiver(Receiver[Message]):
         self._config = config
         self._client: mqtt.Client | None = None
         self._connack: bool | None = None
+        # Why the broker refused the CONNACK, and paho's last error while
+        # connecting (a TLS alert): what a refused connection is reported with.
+        self._refusal = ""
+        self._connect_error = ""
         self._client_lock = threading.Lock()
 
     def _receive(self, stop: threading.Event) -> None:
@@ -271,12 +275,22 @@ class _MqttReceiver(Receiver[Message]):
             client.tls_insecure_set(config.tls.insecure)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        # Only while connecting (`_connect` removes it): paho reports a TLS
+        # alert, such as a refused client certificate, through its log alone,
+        # and formats every message for a log callback.
+        client.on_log = self._on_connect_log
         return client
+
+    def _on_connect_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        # The first error is the cause; later ones are paho noting the aftermath.
+        if level == mqtt.MQTT_LOG_ERR and not self._connect_error:
+            self._connect_error = text
 
     def _connect(self) -> None:
         config = self._config
         client = self._new_client()
         self._connack = None
+        self._refusal = self._connect_error = ""
         if config.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = config.session_expiry_seconds
@@ -298,16 +312,40 @@ class _MqttReceiver(Receiver[Message]):
             if time.monotonic() > deadline:
                 raise ConnectionError(f"no CONNACK from {config.host}:{config.port}")
             rc = client.loop(_LOOP_TIMEOUT_SECONDS)
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                raise ConnectionError(mqtt.error_string(rc))
+            if rc != mqtt.MQTT_ERR_SUCCESS and self._connack is None:
+                raise ConnectionError(self._lost_before_connack(rc))
         if not self._connack:
-            raise ConnectionError(f"broker {config.host}:{config.port} refused the connection")
+            who = f"the login of user {config.username!r}" if config.username else "the connection"
+            raise ConnectionError(
+                f"broker {config.host}:{config.port} refused {who}: {self._refusal} "
+                "(check username, password and client certificate)"
+            )
+        client.on_log = None
+
+    def _lost_before_connack(self, rc: mqtt.MQTTErrorCode) -> str:
+        """What to report when the broker dropped us before its CONNACK.
+
+        Over TLS that is how a broker refuses a client certificate. It sends an
+        alert first, but the alert is often lost in the reset that follows
+        (the client has sent CONNECT meanwhile), so the hint does not rest on it.
+        """
+        text = mqtt.error_string(rc)
+        if self._connect_error:
+            # e.g. "failed to receive on socket: [SSL: TLSV1_ALERT_UNKNOWN_CA] ..."
+            text += f" ({self._connect_error})"
+        tls = self._config.tls
+        if tls is not None and tls.cert_file is not None:
+            text += f"; closed before CONNACK: does the broker trust {tls.cert_file!r}?"
+        elif tls is not None:
+            text += "; closed before CONNACK: does the listener require a client certificate?"
+        return text
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
-            _LOGGER.error("%s: broker refused the connection: %s", self.label, reason)
+            # Raised by `_connect`, logged once by the connection loop, not per retry.
+            self._refusal = str(reason)
             self._connack = False
             return
         self._connack = True
