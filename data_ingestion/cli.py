@@ -90,7 +90,14 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     # Secrets are masked: the repr leaves them out, the log masks what is left.
     _LOGGER.debug("effective config: %r", system.config)
     stop = _stop_on_signals()
-    return system.run_until(stop)
+    from connectors.kafka import KafkaSecurityError
+
+    try:
+        return system.run_until(stop)
+    except KafkaSecurityError as err:
+        # The broker refused our TLS or login: its reason is the whole story.
+        _LOGGER.critical("%s", err)
+        return 2
 
 
 def _configure_logging(args: argparse.Namespace, config: Any = None) -> None:

@@ -476,6 +476,7 @@ def test_run_stops_at_start_when_kafka_refuses_the_login(
         f"kafka {links.kafka_sasl_ssl} (SASL_SSL): the broker refused the SCRAM-SHA-512 login of "
         f"user '{links.username}': Authentication failed" in output
     ), output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
     for password in secured.passwords:
         assert password not in output
 
