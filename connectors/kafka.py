@@ -42,7 +42,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -64,6 +64,7 @@ from records import (
     Feature,
     InspectionResult,
     Reading,
+    Reason,
     alert_to_json,
     dead_letter_to_json,
     defect_to_json,
@@ -157,6 +158,8 @@ _ENCODERS: dict[type, Callable[[Any], _Encoded]] = {
 
 
 _MAX_CACHED_KEYS = 100_000
+# A dead letter of a record that did not encode carries this much of its repr.
+_MAX_UNENCODABLE_CHARS = 2000
 
 
 class _KeyHashCache(DefaultPartitioner):
@@ -474,9 +477,6 @@ class _KafkaPythonClient:
         self._producer = KafkaProducer(**producer_settings(config))
         self._in_flight: list[tuple[Any, _Outgoing]] = []
 
-    def send(self, topic: str, records: Iterable[Any]) -> None:
-        self.send_encoded((topic, _ENCODERS[type(record)](record)) for record in records)
-
     def send_encoded(self, outgoing: Iterable[_Outgoing]) -> None:
         send = self._producer.send
         in_flight = self._in_flight
@@ -538,9 +538,6 @@ class _ConfluentClient:
             self._first_error = error
         self._retriable &= error.retriable() or error.name() in self._OUTAGE_ERRORS
 
-    def send(self, topic: str, records: Iterable[Any]) -> None:
-        self.send_encoded((topic, _ENCODERS[type(record)](record)) for record in records)
-
     def send_encoded(self, outgoing: Iterable[_Outgoing]) -> None:
         produce = self._producer.produce
         on_delivery = self._on_delivery
@@ -580,6 +577,23 @@ class _ConfluentClient:
         self._producer.flush(10)
 
 
+def _encoded(topic: str, records: Iterable[Any], dead_letter_topic: str) -> Iterator[_Outgoing]:
+    """Each record encoded for `topic`; one that does not encode (a value no JSON holds)
+    becomes a dead letter on `dead_letter_topic` instead of failing the bundle, which on
+    Prism would fail the job."""
+    for record in records:
+        try:
+            yield topic, _ENCODERS[type(record)](record)
+        except (TypeError, ValueError, KeyError) as err:
+            _LOGGER.warning("kafka[%s]: a record does not encode (%s): dead-lettered", topic, err)
+            letter = DeadLetter(
+                getattr(record, "source", "pipeline"), str(getattr(record, "device", "")),
+                Reason.UNENCODABLE.value, f"{type(record).__name__} for {topic}: {err}",
+                time.time(), repr(record)[:_MAX_UNENCODABLE_CHARS], "text",
+            )  # fmt: skip
+            yield dead_letter_topic, encode_dead_letter(letter)
+
+
 class _WriteDoFn(beam.DoFn):
     def __init__(self, config: KafkaSink, topic: str) -> None:
         self._config = config
@@ -616,7 +630,8 @@ class _WriteDoFn(beam.DoFn):
 
     def process(self, element: Any | list[Any]) -> None:
         records = element if isinstance(element, list) else (element,)
-        self._connected().send(self._topic, records)
+        outgoing = _encoded(self._topic, records, self._config.topics.dead_letter)
+        self._connected().send_encoded(outgoing)
         if records and metrics.enabled():
             self._sent.append((records[0], len(records)))
             if metrics.watching() and type(records[0]) is Reading:
@@ -676,7 +691,9 @@ class WriteToKafka(beam.PTransform):
       config: the `kafka` section: brokers, security, batching, timeouts.
       topic: the topic to write to.
 
-    Elements may be `Reading`, `DeadLetter` or lists of them.
+    Elements may be any record type of `records` or lists of them. A record
+    that does not encode goes to `config.topics.dead_letter` (reason
+    `unencodable`, its repr as payload), not into a failed bundle.
     """
 
     def __init__(self, config: KafkaSink, *, topic: str) -> None:

@@ -124,6 +124,7 @@ class Reason(enum.StrEnum):
     INSTRUMENT_LIMIT = "instrument_limit"
     FUTURE_TIMESTAMP = "future_timestamp"
     STALE_TIMESTAMP = "stale_timestamp"
+    UNENCODABLE = "unencodable"  # a record the sink could not write as JSON
 
 
 class Feature(NamedTuple):

@@ -8,7 +8,7 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from connectors.kafka import WriteToKafka
-from connectors.kafka_config import KafkaSink
+from connectors.kafka_config import KafkaSink, KafkaTopics
 from data_ingestion.testing import TopicReader, wait_until
 from records import DeadLetter, Reading, format_ts
 
@@ -76,3 +76,33 @@ def _partitions_by_murmur2(keys: list[bytes], partitions: int) -> dict[bytes, in
     from kafka.partitioner.default import murmur2
 
     return {key: (murmur2(key) & 0x7FFFFFFF) % partitions for key in keys}
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+def test_a_record_that_does_not_encode_is_dead_lettered_and_the_rest_delivered(
+    client: str, kafka_bootstrap: str, kafka_topic_factory
+) -> None:
+    topic, dead_letter = kafka_topic_factory(), kafka_topic_factory()
+    config = KafkaSink(
+        bootstrap_servers=kafka_bootstrap,
+        client=client,  # type: ignore[arg-type]
+        topics=KafkaTopics(dead_letter=dead_letter),
+    )
+    # A connector that put a value no JSON holds into a record's meta.
+    broken = _READINGS[0]._replace(tag="furnace.odd", meta={"probe": object()})  # type: ignore[dict-item]
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        p | beam.Create([[*_READINGS[:10], broken, *_READINGS[10:20]]]) | WriteToKafka(
+            config, topic=topic
+        )
+
+    readings, letters = TopicReader(kafka_bootstrap, topic), TopicReader(
+        kafka_bootstrap, dead_letter
+    )
+    wait_until(lambda: len(readings.records) >= 20 and letters.records, timeout=60,
+               step=lambda: (readings.poll(500), letters.poll(500)))  # fmt: skip
+    readings.close()
+    letters.close()
+    assert len(readings.records) == 20
+    (letter,) = letters.records
+    assert letter["reason"] == "unencodable" and letter["device"] == "iot"
+    assert topic in letter["detail"] and "furnace.odd" in letter["payload"]
