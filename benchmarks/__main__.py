@@ -7,6 +7,7 @@ import sys
 from benchmarks import (
     anomaly_accuracy,
     camera_detection_quality,
+    camera_to_kafka,
     modbus_to_kafka,
     monitoring_overhead,
     mqtt_to_kafka,
@@ -23,6 +24,7 @@ _BENCHMARKS = {
     "anomaly_accuracy": anomaly_accuracy.main,
     "monitoring_overhead": monitoring_overhead.main,
     "camera_detection_quality": camera_detection_quality.main,
+    "camera_to_kafka": camera_to_kafka.main,
     "spool": spool.main,
 }
 

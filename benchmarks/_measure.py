@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 __all__ = [
     "group_cpu_seconds",
+    "group_peak_rss_bytes",
     "pid_cpu_seconds",
     "process_cpu_seconds",
     "machine_busy_seconds",
@@ -57,6 +58,31 @@ def group_cpu_seconds(pgid: int, *, exclude: tuple[int, ...] = ()) -> float:
         if fields is not None and int(fields[2]) == pgid:
             total += int(fields[11]) + int(fields[12])
     return total / _TICKS
+
+
+def group_peak_rss_bytes(pgid: int) -> dict[str, int]:
+    """Peak resident memory (VmHWM) of every live process in process group `pgid`,
+    in bytes, by `<command>[<pid>]`. Read it before the processes end."""
+    peaks: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(entry.name)
+        if fields is None or int(fields[2]) != pgid:
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        values: dict[str, str] = {}
+        for line in status.splitlines():
+            key, _, value = line.partition(":")
+            values[key] = value
+        peak_kib = values.get("VmHWM", "").split()
+        if peak_kib:  # kernel threads have none
+            name = values.get("Name", "?").strip()
+            peaks[f"{name}[{entry.name}]"] = int(peak_kib[0]) * 1024
+    return peaks
 
 
 def process_cpu_seconds() -> float:
