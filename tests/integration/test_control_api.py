@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import datetime
-import ipaddress
 import json
 import os
 import subprocess
@@ -39,10 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from connectors import metrics
 from connectors.base import PushReader, ReceiverSource, pause_source, resume_source
@@ -61,6 +55,7 @@ from data_ingestion.testing import (
     pipeline_config,
     publish,
     recent_base_ms,
+    self_signed_certificate,
     wait_until,
 )
 from pipelines.config import parse_config
@@ -205,37 +200,6 @@ def _outcome(action: Callable[[ControlClient], Any], client: ControlClient) -> i
 # -- the server alone, without a pipeline -----------------------------------------------
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "server.pem", folder / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @contextlib.contextmanager
 def _monitor(kafka: str, control: dict[str, Any] | None) -> Iterator[Monitor]:
     """A monitor and controller as the launcher makes them, for a config with no job."""
@@ -285,7 +249,7 @@ def test_without_a_control_section_reads_stay_open_and_changes_are_refused(
 def test_the_server_speaks_tls_with_the_configured_certificate(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     control = {"users": _users(), "tls_certfile": str(cert), "tls_keyfile": str(key)}
     with _monitor(kafka_bootstrap, control) as monitor:
         assert monitor.url is not None and monitor.url.startswith("https://")

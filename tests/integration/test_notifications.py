@@ -5,9 +5,7 @@ pipeline raising and clearing `device_silent` while its MQTT broker is down.
 
 from __future__ import annotations
 
-import datetime
 import http.server
-import ipaddress
 import json
 import threading
 import time
@@ -20,10 +18,6 @@ import orjson
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kafka import KafkaProducer
 
 from data_ingestion.notifications import (
@@ -35,7 +29,13 @@ from data_ingestion.notifications import (
     deliver_webhook,
 )
 from data_ingestion.stack import free_port
-from data_ingestion.testing import PipelineProcess, pipeline_config, publish, wait_until
+from data_ingestion.testing import (
+    PipelineProcess,
+    pipeline_config,
+    publish,
+    self_signed_certificate,
+    wait_until,
+)
 from pipelines.config import parse_config
 from pipelines.notifications_config import EmailSink, WebhookSink
 
@@ -104,44 +104,13 @@ def webhook_server() -> Iterator[WebhookServer]:
     server.close()
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "smtp.pem", tmp_path / "smtp.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 class MailServer:
     """aiosmtpd on a free port: STARTTLS required, login required over TLS."""
 
     def __init__(self, tmp_path: Path) -> None:
         import ssl
 
-        self.cert, key = _self_signed(tmp_path)
+        self.cert, key = self_signed_certificate(tmp_path, "smtp")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.cert, key)
         self.mails: list[dict[str, Any]] = []
