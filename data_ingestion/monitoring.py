@@ -67,7 +67,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from connectors import metrics
 from connectors.kafka import encode_alert
 from connectors.metrics import SourceStats
-from data_ingestion.control import (
+from data_ingestion.access import (
     ANONYMOUS,
     MAX_BODY_BYTES,
     Access,

@@ -7,17 +7,17 @@ from typing import Any
 
 import pytest
 
-from data_ingestion.control import (
+from data_ingestion.access import (
     Access,
     Action,
     AuditEntry,
     AuthenticationFailed,
-    ControlClient,
     Identity,
     allowed,
     masked_config,
     route,
 )
+from data_ingestion.control import ControlClient
 from pipelines.config import parse_config
 from pipelines.control_config import (
     ControlConfig,
