@@ -65,6 +65,14 @@ lint: venv
 	$(VENV)/bin/flake8 .
 	$(VENV)/bin/mypy .
 
+# A local Flink 1.19 session cluster (JobManager, TaskManager, Python worker pool on
+# 127.0.0.1; REST on 8082) and the Beam job server jar, both once into .stack/flink/.
+# `$(PY) -m data_ingestion flink down` stops it.
+.PHONY: flink
+flink: system-deps venv
+	$(PY) -m data_ingestion flink jar
+	$(PY) -m data_ingestion flink up
+
 # The node-opcua server of tests/integration/test_opcua_foreign_server.py (the
 # test skips without node); npm ci again only when the lock file changed.
 foreign-opcua:

@@ -8,6 +8,7 @@ Examples::
     python -m data_ingestion run --config line-c.json --runner PrismRunner \\
         --set kafka.bootstrap_servers=10.0.0.5:9092
     python -m data_ingestion stack up --kafka-port 9092 --mqtt-port 1883
+    python -m data_ingestion flink up        # a local Flink session cluster
     python -m data_ingestion simulate --config data_ingestion_config.json
     python -m data_ingestion demo --config data_ingestion_config.json
     python -m data_ingestion status --url http://127.0.0.1:9180/
@@ -197,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     stack = commands.add_parser("stack", help="the local Kafka + Mosquitto stack", add_help=False)
     stack.add_argument("stack_args", nargs=argparse.REMAINDER)
 
+    flink = commands.add_parser(
+        "flink", help="the local Flink session cluster and its job server jar", add_help=False
+    )
+    flink.add_argument("flink_args", nargs=argparse.REMAINDER)
+
     simulate = commands.add_parser("simulate", help="run the simulated glass line")
     simulate.add_argument("--config", required=True)
     simulate.add_argument(
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     add_ctl_parser(commands)
 
     for command in commands.choices.values():
-        if command is not stack:
+        if command not in (stack, flink):
             # Also after the command; SUPPRESS keeps a value given before it.
             command.add_argument("--log-level", choices=_LOG_LEVELS, default=argparse.SUPPRESS)
             command.add_argument(
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args, beam_args = parser.parse_known_args(argv)
     _configure_logging(args)
-    if args.command not in ("run", "demo", "stack") and beam_args:
+    if args.command not in ("run", "demo", "stack", "flink") and beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if args.command == "run":
         return _run(args, beam_args)
@@ -262,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
 
         # Its own parser answers `stack --help` and reads its options in any order.
         return local_stack.main([*beam_args, *args.stack_args])
+    if args.command == "flink":
+        from data_ingestion import flink_stack
+
+        return flink_stack.main([*beam_args, *args.flink_args])
     if args.command == "simulate":
         from simulators import run_simulation
 

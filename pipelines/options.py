@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.config import DataIngestionConfig
+from pipelines.flink import flink_defaults
 
 __all__ = ["pipeline_options", "SETUP_FILE"]
 
@@ -42,6 +43,8 @@ def pipeline_options(config: DataIngestionConfig, beam_args: Sequence[str]) -> P
         standard.runner = "PrismRunner"
     standard.streaming = True
     if standard.runner == "FlinkRunner":
+        # Uber-jar submission, EXTERNAL workers, checkpointing on: see pipelines.flink.
+        flink_defaults(options, config.pipeline.name)
         # Remote workers import the project's packages: ship them.
         setup = options.view_as(SetupOptions)
         if setup.setup_file is None:

@@ -41,6 +41,7 @@ from connectors.base import Backoff, drain_sources
 from connectors.kafka import ensure_topics
 from connectors.kafka_config import KafkaSink
 from pipelines.config import DataIngestionConfig
+from pipelines.flink import FlinkJob
 from pipelines.ingest import build_ingest
 from pipelines.options import pipeline_options
 from pipelines.prism import PrismServer, own_prism_args
@@ -54,6 +55,8 @@ _POLL_SECONDS = 0.5
 
 # Per submitted job: its own Prism server (if any) and when it started.
 _RUNS: dict[int, tuple[PrismServer | None, float]] = {}
+# Per job submitted to a Flink cluster as an uber jar: its handle on Flink's REST API.
+_FLINK_JOBS: dict[int, FlinkJob] = {}
 
 
 # Kafka does not answer (yet): a timeout or a refused connection. Anything else
@@ -115,6 +118,9 @@ def start(config: DataIngestionConfig, beam_args: Sequence[str]) -> PipelineResu
             prism.stop()
         raise
     _RUNS[id(result)] = (prism, time.monotonic())
+    flink = FlinkJob.of(result)
+    if flink is not None:
+        _FLINK_JOBS[id(result)] = flink
     if threading.current_thread() is threading.main_thread():
         # Beam's launcher replaces the SIGINT handler with one that kills the
         # job server at once; keep ours, which cancels the job first. The job
@@ -128,8 +134,12 @@ def _state(result: PipelineResult) -> str | None:
     """The job's state, or None once its job server is gone.
 
     Ctrl-C in a terminal signals the whole process group, so Prism may stop
-    before we cancel; then the job cannot be asked anything.
+    before we cancel; then the job cannot be asked anything. A Flink job is
+    asked through the cluster's REST API (UNKNOWN while it does not answer).
     """
+    flink = _FLINK_JOBS.get(id(result))
+    if flink is not None:
+        return flink.beam_state()
     try:
         return str(result.state)
     except (ValueError, grpc.RpcError):
@@ -158,6 +168,7 @@ def wait_until_stopped(
         return state
     finally:
         prism, started = _RUNS.pop(id(result), (None, time.monotonic()))
+        _FLINK_JOBS.pop(id(result), None)
         if prism is not None:
             prism.stop()
         close_sources(name, state, ran_seconds=time.monotonic() - started)
@@ -186,7 +197,12 @@ def _wait(
     state = _state(result)
     if state is not None and not PipelineState.is_terminal(state):
         _LOGGER.info("pipeline %s: stopping", name)
-        result.cancel()
+        flink = _FLINK_JOBS.get(id(result))
+        if flink is not None:
+            # Beam's cancel() of an uber-jar job posts to a path Flink does not have.
+            flink.cancel()
+        else:
+            result.cancel()
         state = _state(result)
     return state or "STOPPED"
 
