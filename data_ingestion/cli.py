@@ -49,18 +49,23 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
+    received: list[str] = []
 
-    def handle(signum: int, frame: Any) -> None:
+    def stop_now(name: str) -> None:
         from data_ingestion.log_setup import note_stopping
 
-        name = signal.Signals(signum).name
-        if stop.is_set():
-            # A terminal's Ctrl-C and `timeout` may both signal: one stop is enough.
-            _LOGGER.debug("received %s again: already stopping", name)
-            return
         note_stopping()
         _LOGGER.info("received %s: stopping", name)
         stop.set()
+
+    def handle(signum: int, frame: Any) -> None:
+        # A handler runs between two bytecodes of the main thread, maybe while it holds
+        # a lock that Event.set takes (its own wait, or a first signal's set): no lock
+        # here, the stop is set from a thread of its own. A terminal's Ctrl-C and
+        # `timeout` (SIGTERM twice) may both signal: one stop is enough.
+        if not received:
+            received.append(signal.Signals(signum).name)
+            threading.Thread(target=stop_now, args=received, name="stop-on-signal").start()
 
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
