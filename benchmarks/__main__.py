@@ -8,6 +8,7 @@ from benchmarks import (
     anomaly_accuracy,
     camera_detection_quality,
     camera_to_kafka,
+    idle_cost,
     modbus_to_kafka,
     monitoring_overhead,
     mqtt_to_kafka,
@@ -26,6 +27,7 @@ _BENCHMARKS = {
     "camera_detection_quality": camera_detection_quality.main,
     "camera_to_kafka": camera_to_kafka.main,
     "spool": spool.main,
+    "idle_cost": idle_cost.main,
 }
 
 if __name__ == "__main__":

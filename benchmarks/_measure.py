@@ -28,6 +28,9 @@ __all__ = [
     "exit_on_sigterm",
     "tail",
     "TopicEnd",
+    "child_pids",
+    "rss_bytes",
+    "load_average",
 ]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -167,3 +170,35 @@ def exit_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def child_pids(pid: int) -> dict[int, str]:
+    """The live direct children of process `pid`, with their command names."""
+    children: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(entry.name)
+        if fields is not None and int(fields[1]) == pid:
+            try:
+                children[int(entry.name)] = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+    return children
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory (VmRSS) of process `pid` now, in bytes; 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average (runnable tasks, all cores)."""
+    return os.getloadavg()[0]

@@ -58,6 +58,7 @@ _DEFAULT_MAX_SKEW_SECONDS = 5.0
 _DEFAULT_MAX_RECORDS_PER_BUNDLE = 10_000
 _DEFAULT_MAX_BUNDLE_SECONDS = 1.0
 _DEFAULT_POLL_INTERVAL_SECONDS = 0.05
+_DEFAULT_IDLE_POLL_MAX_SECONDS = 1.0
 
 # Any one configured source, whatever its kind.
 SourceConfig = MqttSource | OpcUaSource | ModbusSource | CameraSource
@@ -76,6 +77,10 @@ class PipelineSection:
     max_bundle_seconds: float = _DEFAULT_MAX_BUNDLE_SECONDS
     # How long a source with no data waits before the runner asks again.
     poll_interval_seconds: float = _DEFAULT_POLL_INTERVAL_SECONDS
+    # The longest that wait grows to while a source stays idle (doubling per
+    # empty resume): the added delay of the first reading after a quiet spell.
+    # At or below poll_interval_seconds: no backoff.
+    idle_poll_max_seconds: float = _DEFAULT_IDLE_POLL_MAX_SECONDS
 
     def validate(self, path: str) -> list[str]:
         errors = check_name(join_path(path, "name"), self.name)
@@ -88,6 +93,9 @@ class PipelineSection:
         )
         errors += check_range(
             join_path(path, "poll_interval_seconds"), self.poll_interval_seconds, above=0
+        )
+        errors += check_range(
+            join_path(path, "idle_poll_max_seconds"), self.idle_poll_max_seconds, above=0
         )
         return errors
 

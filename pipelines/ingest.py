@@ -30,7 +30,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.transforms import window
 
-from connectors.base import ALERTS, DEAD_LETTER, READINGS
+from connectors.base import ALERTS, DEAD_LETTER, READINGS, idle_poll_max
 from connectors.camera import DEFECTS, INSPECTIONS, ReadFromCamera
 from connectors.kafka import WriteToKafka
 from connectors.modbus import ReadFromModbus
@@ -129,7 +129,10 @@ def _source_chain(
 ) -> tuple[dict[str, beam.PCollection], dict[str, beam.PCollection]]:
     """read -> validate -> Kafka, one fused stage; returns validation's and the reader's outputs."""
     topics = config.kafka.topics
-    outputs = pipeline | f"Read[{name}]" >> read
+    # An idle source is resumed less and less often, up to this cap (each
+    # resume is a runner bundle); see connectors.base.SourcePacing.
+    with idle_poll_max(config.pipeline.idle_poll_max_seconds):
+        outputs = pipeline | f"Read[{name}]" >> read
     checked = outputs[READINGS] | f"Validate[{name}]" >> ValidateReadings(
         config.validation, state=validation_state
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 from collections.abc import Sequence
@@ -9,17 +10,34 @@ from typing import Any
 
 import apache_beam as beam
 import pytest
-from apache_beam.io.unbounded_source import ReadFromUnboundedSource, UnboundedSource
+from apache_beam.io.unbounded_source import (
+    _PROVIDER,
+    ReadFromUnboundedSource,
+    UnboundedSource,
+)
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.sdf_utils import (
+    RestrictionTrackerView,
+    ThreadsafeRestrictionTracker,
+    ThreadsafeWatermarkEstimator,
+)
+from apache_beam.transforms.core import _BundleFinalizerParam
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from connectors.base import (
     AckCheckpointMark,
     AckCheckpointMarkCoder,
     Backoff,
+    IdleBackoff,
     PushReader,
     ReceiveBuffer,
     Receiver,
+    ReceiverSource,
+    SourcePacing,
+    _ReadWithIdleBackoffFn,
+    idle_poll_max,
+    live_receiver,
 )
 
 # Acks per source name, module level because the pipeline pickles the source.
@@ -207,3 +225,120 @@ def test_idle_watermark_follows_the_clock_minus_skew() -> None:
     # A buffered item holds the watermark at its receive time.
     assert reader.get_watermark() == Timestamp(145.0)
     reader.close()
+
+
+def test_paced_read_delivers_everything_and_acknowledges_after_commit() -> None:
+    name = f"paced-{random.random()}"
+    pacing = SourcePacing(
+        max_skew_seconds=5.0,
+        max_records_per_bundle=5 * 64,
+        max_bundle_seconds=5.0,
+        poll_interval_seconds=0.0,
+        max_batch=64,
+        idle_poll_max_seconds=1.0,
+    )
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        batches = p | pacing.read(_ScriptedSource(name, 2_000, max_batch=64))
+        batches | beam.Map(_collect, name)
+    emitted = _EMITTED[name]
+    assert sorted(item for batch in emitted for item in batch) == list(range(2_000))
+    acked = _ACKED[name]
+    assert acked == list(range(len(acked)))
+    assert len(acked) >= 2_000 - 5 * 64
+
+
+def test_idle_backoff_doubles_to_its_cap_and_resets_on_data() -> None:
+    backoff = IdleBackoff(0.05, 0.5)
+    assert [backoff.next_delay() for _ in range(6)] == [0.05, 0.1, 0.2, 0.4, 0.5, 0.5]
+    assert backoff.reset() == 0.05
+    assert backoff.next_delay() == 0.05
+
+
+@pytest.mark.parametrize(("poll", "cap"), [(0.05, 0.05), (0.25, 0.1), (0.0, 1.0)])
+def test_idle_backoff_without_room_to_grow_keeps_the_poll_interval(poll: float, cap: float) -> None:
+    backoff = IdleBackoff(poll, cap)
+    assert {backoff.next_delay() for _ in range(10)} == {poll}
+
+
+def test_pacing_takes_its_cap_from_the_enclosing_block_unless_it_has_one() -> None:
+    pacing = SourcePacing(5.0, 100, 1.0, 0.05, 10)
+    assert pacing.effective_idle_poll_max_seconds() == 1.0
+    with idle_poll_max(2.5):
+        assert pacing.effective_idle_poll_max_seconds() == 2.5
+        own = dataclasses.replace(pacing, idle_poll_max_seconds=0.5)
+        assert own.effective_idle_poll_max_seconds() == 0.5
+    assert pacing.effective_idle_poll_max_seconds() == 1.0
+    with pytest.raises(ValueError, match="must be > 0, got 0"):
+        with idle_poll_max(0):
+            pass
+
+
+def _resume(fn: _ReadWithIdleBackoffFn, restriction: Any) -> tuple[int, Any, float]:
+    """One bundle of `fn` on `restriction`: (records emitted, residual, resume delay in s)."""
+    tracker = ThreadsafeRestrictionTracker(_PROVIDER.create_tracker(restriction))
+    estimator = ThreadsafeWatermarkEstimator(ManualWatermarkEstimator(None))
+    finalizer = _BundleFinalizerParam()
+    outputs = list(fn.process(None, finalizer, RestrictionTrackerView(tracker), estimator))
+    deferred = tracker.deferred_status()
+    assert deferred is not None, "an unbounded source always leaves a residual"
+    residual, delay = deferred
+    # Committing the bundle: what the runner does after the sinks flushed.
+    finalizer.finalize_bundle()
+    return len(outputs), residual, delay.micros / 1e6
+
+
+def test_idle_source_is_resumed_less_often_and_soon_again_after_data() -> None:
+    key = f"manual/idle-{random.random()}"
+    source = ReceiverSource(
+        key, lambda _: _ManualReceiver(), None, max_batch=10, max_skew_seconds=5.0
+    )
+    fn = _ReadWithIdleBackoffFn(0.05, 100, 1.0, 0.4)
+    fn.setup()
+    restriction = _PROVIDER.initial_restriction(source)
+    idle = []
+    for _ in range(6):
+        emitted, restriction, delay = _resume(fn, restriction)
+        assert emitted == 0
+        idle.append(delay)
+    # 0.05, 0.1, 0.2, 0.4, 0.4, 0.4 s (each less the microseconds since it was asked for)
+    assert idle[0] < idle[1] < idle[2] < idle[3]
+    assert 0.2 < idle[5] <= 0.4
+    receiver = live_receiver(key)
+    assert isinstance(receiver, _ManualReceiver)
+    receiver._new_generation()
+    receiver._deliver(7, 1000.0, handle="m7")
+    emitted, restriction, delay = _resume(fn, restriction)
+    assert emitted == 1
+    assert delay <= 0.05  # data came: resumed at the poll interval again
+    # The bundle that carried the item was committed: acknowledged.
+    assert receiver.acked == ["m7"]
+    emitted, restriction, idle_again = _resume(fn, restriction)
+    assert emitted == 0 and idle_again <= 0.05
+    fn.teardown()
+    assert receiver.stopped
+
+
+_CLOCK = [100.0]
+
+
+class _ClockedSource(ReceiverSource):
+    """A manual source whose readers tell time by `_CLOCK`."""
+
+    def create_reader(self, options: Any, checkpoint_mark: Any) -> PushReader[int]:
+        return PushReader(self.key, _ManualReceiver, max_skew_seconds=5.0, now=lambda: _CLOCK[0])
+
+
+def test_idle_watermark_still_advances_between_backed_off_resumes() -> None:
+    key = f"manual/idle-watermark-{random.random()}"
+    source = _ClockedSource(
+        key, lambda _: _ManualReceiver(), None, max_batch=10, max_skew_seconds=5.0
+    )
+    fn = _ReadWithIdleBackoffFn(0.05, 100, 1.0, 0.4)
+    fn.setup()
+    restriction = _PROVIDER.initial_restriction(source)
+    for now in (100.0, 101.0, 160.0):
+        _CLOCK[0] = now
+        _, restriction, _ = _resume(fn, restriction)
+        # Each resume, however late, moves the idle watermark to now - max_skew.
+        assert restriction.watermark == Timestamp(now - 5.0)
+    fn.teardown()
