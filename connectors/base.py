@@ -909,6 +909,18 @@ class SourcePacing:
             return self.idle_poll_max_seconds
         return _IDLE_POLL_MAX.get()
 
+    def read_receiver(
+        self, key: str, receiver: Callable[[Any], Receiver[Any]], config: Any
+    ) -> ReadFromUnboundedSource:
+        """The read of one endpoint: a `ReceiverSource` (`key`, a receiver of `config`)
+        cut into elements and bundles by this pacing."""
+        return self.read(
+            ReceiverSource(
+                key, receiver, config, max_batch=self.max_batch,
+                max_skew_seconds=self.max_skew_seconds,
+            )  # fmt: skip
+        )
+
     def read(self, source: UnboundedSource) -> ReadFromUnboundedSource:
         return _ReadWithIdleBackoff(
             source,

@@ -61,7 +61,6 @@ from connectors.base import (
     READINGS,
     Backoff,
     Receiver,
-    ReceiverSource,
     SourcePacing,
     SplitRecords,
     flatten_outputs,
@@ -882,16 +881,10 @@ class ReadFromCamera(beam.PTransform):
         names = (READINGS, DEFECTS, INSPECTIONS, ALERTS, DEAD_LETTER)
         outputs: dict[str, list[beam.PCollection]] = {name: [] for name in names}
         for config in self._sources:
-            source = ReceiverSource(
-                f"camera/{config.name}",
-                _CameraReceiver,
-                config,
-                max_batch=self._pacing.max_batch,
-                max_skew_seconds=self._pacing.max_skew_seconds,
-            )
             split = (
                 pbegin
-                | f"ReadCamera[{config.name}]" >> self._pacing.read(source)
+                | f"ReadCamera[{config.name}]"
+                >> self._pacing.read_receiver(f"camera/{config.name}", _CameraReceiver, config)
                 | f"SplitCamera[{config.name}]"
                 >> beam.ParDo(SplitRecords(_CAMERA_OUTPUTS)).with_outputs(*names[1:], main=READINGS)
             )

@@ -86,7 +86,6 @@ from connectors.base import (
     READINGS,
     Backoff,
     Receiver,
-    ReceiverSource,
     SourcePacing,
     SplitRecords,
     flatten_outputs,
@@ -916,16 +915,12 @@ class ReadFromModbus(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         outputs: dict[str, list[beam.PCollection]] = {READINGS: [], DEAD_LETTER: [], ALERTS: []}
         for config in self._sources:
-            source = ReceiverSource(
-                f"modbus/{config.address}/{config.name}",
-                _ModbusReceiver,
-                config,
-                max_batch=self._pacing.max_batch,
-                max_skew_seconds=self._pacing.max_skew_seconds,
-            )
             split = (
                 pbegin
-                | f"ReadModbus[{config.name}]" >> self._pacing.read(source)
+                | f"ReadModbus[{config.name}]"
+                >> self._pacing.read_receiver(
+                    f"modbus/{config.address}/{config.name}", _ModbusReceiver, config
+                )
                 | f"SplitModbus[{config.name}]"
                 >> beam.ParDo(SplitRecords()).with_outputs(DEAD_LETTER, ALERTS, main=READINGS)
             )

@@ -62,7 +62,6 @@ from connectors.base import (
     READINGS,
     Backoff,
     Receiver,
-    ReceiverSource,
     SourcePacing,
     flatten_outputs,
     run_connection_loop,
@@ -480,16 +479,14 @@ class ReadFromMqtt(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         outputs: dict[str, list[beam.PCollection]] = {READINGS: [], DEAD_LETTER: []}
         for config in self._sources:
-            source = ReceiverSource(
-                f"mqtt/{config.host}:{config.port}/{config.effective_client_id}",
-                _MqttReceiver,
-                config,
-                max_batch=self._pacing.max_batch,
-                max_skew_seconds=self._pacing.max_skew_seconds,
-            )
             parsed = (
                 pbegin
-                | f"ReadMqtt[{config.name}]" >> self._pacing.read(source)
+                | f"ReadMqtt[{config.name}]"
+                >> self._pacing.read_receiver(
+                    f"mqtt/{config.host}:{config.port}/{config.effective_client_id}",
+                    _MqttReceiver,
+                    config,
+                )
                 | f"ParseMqtt[{config.name}]"
                 >> beam.ParDo(_ParseMessages(config)).with_outputs(DEAD_LETTER, main=READINGS)
             )
