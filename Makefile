@@ -22,7 +22,7 @@ MQTT_PORT ?= 1883
 .PHONY: help venv system-deps stack lint test demo bench down clean foreign-opcua foreign-modbus
 
 help:
-	@echo "make demo | test | lint | bench | stack | down | clean | venv | system-deps"
+	@echo "make demo | test | lint | bench | stack | down | clean | venv | system-deps | flink | test-flink"
 
 # Mosquitto, socat (the serial line of the Modbus RTU tests), Prometheus and
 # Chromium (the monitoring tests scrape /metrics and load the status page) and
@@ -68,10 +68,16 @@ lint: venv
 # A local Flink 1.19 session cluster (JobManager, TaskManager, Python worker pool on
 # 127.0.0.1; REST on 8082) and the Beam job server jar, both once into .stack/flink/.
 # `$(PY) -m data_ingestion flink down` stops it.
-.PHONY: flink
+.PHONY: flink test-flink
 flink: system-deps venv
-	$(PY) -m data_ingestion flink jar
+	$(PY) -m data_ingestion flink install
 	$(PY) -m data_ingestion flink up
+
+# The Flink tests on private session clusters (about 3 minutes; `make test` skips
+# them: the jar, the distribution and the runs would take the suite past 20 minutes).
+test-flink: stack
+	$(PY) -m data_ingestion flink install
+	$(VENV)/bin/pytest -q tests/integration/test_flink.py
 
 # The node-opcua server of tests/integration/test_opcua_foreign_server.py (the
 # test skips without node); npm ci again only when the lock file changed.

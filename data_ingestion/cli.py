@@ -14,6 +14,7 @@ Examples::
     python -m data_ingestion status --url http://127.0.0.1:9180/
     python -m data_ingestion notify --config data_ingestion_config.json
     python -m data_ingestion ctl pause fh_bus --user alice --password-env GLASS_PASSWORD
+    python -m data_ingestion jobs stop JOB_ID --savepoint /data/savepoints   # on Flink
 
 `run` passes every option it does not know to Beam (`--prism_location`,
 `--flink_master`, ...) and runs until SIGINT or SIGTERM. `--log-level` and
@@ -159,6 +160,17 @@ def _status(args: argparse.Namespace) -> int:
     return print_status(args.url, args.config)
 
 
+def _jobs(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from data_ingestion.jobs import resume_beam_args, run_jobs
+
+    if args.action == "resume":
+        args.runner = "FlinkRunner"
+        return _run(args, [*beam_args, *resume_beam_args(args)])
+    if beam_args:
+        raise SystemExit(f"jobs {args.action}: unrecognized arguments: {' '.join(beam_args)}")
+    return run_jobs(args)
+
+
 def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
     from data_ingestion.demo import run_demo
 
@@ -237,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     from data_ingestion.control import add_ctl_parser
 
     add_ctl_parser(commands)
+    from data_ingestion.jobs import add_jobs_parser
+
+    add_jobs_parser(commands)
 
     for command in commands.choices.values():
         if command not in (stack, flink):
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args, beam_args = parser.parse_known_args(argv)
     _configure_logging(args)
-    if args.command not in ("run", "demo", "stack", "flink") and beam_args:
+    if args.command not in ("run", "demo", "stack", "flink", "jobs") and beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if args.command == "run":
         return _run(args, beam_args)
@@ -268,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         from data_ingestion.control import run_ctl
 
         return run_ctl(args)
+    if args.command == "jobs":
+        return _jobs(args, beam_args)
     if args.command == "stack":
         from data_ingestion import stack as local_stack
 

@@ -614,9 +614,17 @@ def up(
             _LOGGER.info("flink already running: REST %s", cluster.rest)
             return cluster
         if any(running.values()):
-            raise FlinkError(
-                f"half a cluster runs from {base} ({running}): `flink down` first, then `flink up`"
-            )
+            if cluster is None:
+                raise FlinkError(
+                    f"half a cluster runs from {base} ({running}) and its cluster.json is "
+                    "gone: `flink down` first, then `flink up`"
+                )
+            # A TaskManager or worker pool that died: the rest keeps its jobs, ports
+            # and config, so only the missing ones start again, as they were.
+            missing = [name for name, pid in running.items() if pid is None]
+            _LOGGER.info("flink: starting %s again", ", ".join(missing))
+            _start(base, cluster, Path(_saved_home(base)), missing, timeout_seconds)
+            return cluster
         _tool("java", "install Java 11 or 17 (apt-get install openjdk-17-jre-headless)")
         home = home or ensure_distribution(root)
         if rest_port is None:
@@ -633,50 +641,67 @@ def up(
             jobmanager_memory=jobmanager_memory,
             taskmanager_memory=taskmanager_memory,
         )
-        conf = _write_config(base, home, settings)
+        _write_config(base, home, settings)
         cluster = FlinkCluster(f"{_HOST}:{rest_port}", f"{_HOST}:{worker_pool_port}", slots)
-        env = {
-            **os.environ,
-            "FLINK_CONF_DIR": str(conf),
-            "FLINK_LOG_DIR": str(base / "log"),
-            "FLINK_PID_DIR": str(base / "run"),
-        }
-        # Our own children until `up` returns: until the scripts exec Java their
-        # command lines name no marker, so they are watched and stopped by handle.
-        started: list[tuple[_ProcessName, subprocess.Popen[bytes]]] = []
-        try:
-            commands: list[tuple[_ProcessName, list[str], dict[str, str]]] = [
-                ("jobmanager", ["bash", str(home / "bin" / "jobmanager.sh"), "start-foreground"], env),
-                ("taskmanager", ["bash", str(home / "bin" / "taskmanager.sh"), "start-foreground"], env),
-                (
-                    "worker_pool",
-                    [
-                        sys.executable, "-m", "data_ingestion.flink_stack", "worker-pool",
-                        "--root", str(base.parent), "--port", str(worker_pool_port),
-                    ],
-                    dict(os.environ),
-                ),
-            ]  # fmt: skip
-            for name, argv, process_env in commands:
-                output = (
-                    base
-                    / "log"
-                    / ("worker-pool.log" if name == "worker_pool" else f"{name}.start.out")
-                )
-                process = _spawn(argv, base=base, env=process_env, output=output)
-                started.append((name, process))
-                _pid_file(base, name).write_text(f"{process.pid}\n")
-            _cluster_file(base).write_text(json.dumps(dataclasses.asdict(cluster)) + "\n")
-            _wait_ready(base, cluster, started, timeout_seconds)
-        except BaseException:
-            # Half a cluster is worse than none: stop what this call started.
-            _stop_children([process for _, process in started])
-            raise
+        _cluster_file(base).write_text(
+            json.dumps({**dataclasses.asdict(cluster), "home": str(home)}) + "\n"
+        )
+        _start(base, cluster, home, list(_MAIN_CLASSES), timeout_seconds)
     _LOGGER.info(
         "flink %s started: REST %s, %d slots, worker pool %s", FLINK_VERSION, cluster.rest,
         slots, cluster.worker_pool,
     )  # fmt: skip
     return cluster
+
+
+def _saved_home(base: Path) -> str:
+    home: str = json.loads(_cluster_file(base).read_text())["home"]
+    return home
+
+
+def _start(
+    base: Path,
+    cluster: FlinkCluster,
+    home: Path,
+    names: Sequence[_ProcessName],
+    timeout_seconds: float,
+) -> None:
+    """Starts `names` of the cluster from `home`, with the config `up` wrote."""
+    env = {
+        **os.environ,
+        "FLINK_CONF_DIR": str(_conf_dir(base)),
+        "FLINK_LOG_DIR": str(base / "log"),
+        "FLINK_PID_DIR": str(base / "run"),
+    }
+    worker_pool_port = cluster.worker_pool.rsplit(":", 1)[1]
+    commands: dict[_ProcessName, tuple[list[str], dict[str, str]]] = {
+        "jobmanager": (["bash", str(home / "bin" / "jobmanager.sh"), "start-foreground"], env),
+        "taskmanager": (["bash", str(home / "bin" / "taskmanager.sh"), "start-foreground"], env),
+        "worker_pool": (
+            [
+                sys.executable, "-m", "data_ingestion.flink_stack", "worker-pool",
+                "--root", str(base.parent), "--port", worker_pool_port,
+            ],
+            dict(os.environ),
+        ),
+    }  # fmt: skip
+    # Our own children until `up` returns: until the scripts exec Java their
+    # command lines name no marker, so they are watched and stopped by handle.
+    started: list[tuple[_ProcessName, subprocess.Popen[bytes]]] = []
+    try:
+        for name in names:
+            argv, process_env = commands[name]
+            output = (
+                base / "log" / ("worker-pool.log" if name == "worker_pool" else f"{name}.start.out")
+            )
+            process = _spawn(argv, base=base, env=process_env, output=output)
+            started.append((name, process))
+            _pid_file(base, name).write_text(f"{process.pid}\n")
+        _wait_ready(base, cluster, started, timeout_seconds)
+    except BaseException:
+        # Half a cluster is worse than none: stop what this call started.
+        _stop_children([process for _, process in started])
+        raise
 
 
 def _wait_ready(
@@ -823,10 +848,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "action",
-        choices=("up", "down", "status", "jar", "worker-pool", "sdk-worker"),
-        help="up: start (idempotent); down: stop what up started; status; jar: fetch or "
-        "build the job server jar once; worker-pool: serve Python workers (one per "
-        "TaskManager host)",
+        choices=("up", "down", "status", "jar", "install", "worker-pool", "sdk-worker"),
+        help="up: start what is not running (a killed TaskManager again, as it was); down: "
+        "stop what up started; status; jar: fetch or build the job server jar once; "
+        "install: the jar and the Flink distribution, nothing started; worker-pool: serve "
+        "Python workers (one per TaskManager host)",
     )
     parser.add_argument(
         "--root", type=Path, default=None, help="stack folder (default <repo>/.stack)"
@@ -895,6 +921,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if all(p["state"] == "running" for p in report.values()) else 3
         elif args.action == "jar":
             print(ensure_job_server_jar(root))
+        elif args.action == "install":
+            print(ensure_job_server_jar(root))
+            print(ensure_distribution(root))
     except FlinkError as err:
         print(f"flink {args.action}: {err}", file=sys.stderr)
         return 1

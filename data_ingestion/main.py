@@ -175,8 +175,9 @@ class DataIngestionSystem:
     def _supervise(self, result: Any, stop: threading.Event) -> int:
         """Watches the job until `stop`, restarting it when the control API asks.
 
-        Returns 0 if stopped as asked, 1 if the job ended by itself (a
-        streaming job that ends without being asked to has failed).
+        Returns 0 if stopped as asked or the job finished (on Flink: stopped
+        with a savepoint), 1 if it ended otherwise (a streaming job that ends
+        without being asked to has failed).
         """
         from pipelines.runner import wait_until_stopped
 
@@ -191,13 +192,13 @@ class DataIngestionSystem:
                 if self.monitor is not None:
                     self.monitor.attach(result, stopping=stop)
                 drain = ControlConfig.drain_of(config.control)
-                wait_until_stopped(
+                state = wait_until_stopped(
                     result, stop, config.pipeline.name, restart=restart, drain_seconds=drain,
                     before_cancel=note_stopping,
                 )  # fmt: skip
                 request = controller.take_restart() if controller is not None else None
                 if stop.is_set() or request is None or controller is None:
-                    return 0 if stop.is_set() else 1
+                    return 0 if stop.is_set() or state == "DONE" else 1
                 result = self._restart(controller, request)
                 _restart_over(stop)
         finally:

@@ -62,9 +62,11 @@ from apache_beam.options.pipeline_options import (
     PipelineOptions,
     PortableOptions,
 )
+from apache_beam.runners.portability import flink_runner, flink_uber_jar_job_server
 
 __all__ = [
     "ASSEMBLED_RUNNER_VERSION",
+    "FlinkRunner",
     "DEFAULT_CHECKPOINT_INTERVAL_MS",
     "DEFAULT_WORKER_POOL",
     "FLINK_MINOR",
@@ -74,6 +76,7 @@ __all__ = [
     "default_job_server_jar",
     "flink_defaults",
     "job_server_jar_name",
+    "list_jobs",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -166,6 +169,18 @@ class FlinkJobOptions(PipelineOptions):
         )
         parser.add_argument("--max_bundle_size", type=int, default=None)
         parser.add_argument("--max_bundle_time_mills", type=int, default=None)
+        parser.add_argument(
+            "--savepoint_path",
+            default=None,
+            help="start the job from this savepoint (or retained checkpoint) directory",
+        )
+        parser.add_argument(
+            "--allow_non_restored_state",
+            type=_flag,
+            default=None,
+            help="true|false: start from a savepoint that holds state of operators the "
+            "pipeline no longer has (default false)",
+        )
 
 
 def flink_defaults(
@@ -285,6 +300,39 @@ class FlinkJob:
         self.delete_jar()
         return state
 
+    def stop_with_savepoint(
+        self, directory: str | None, timeout_seconds: float = _CANCEL_TIMEOUT_SECONDS
+    ) -> str:
+        """Stops the job with a savepoint into `directory` (None: the cluster's
+        `state.savepoints.dir`); returns the savepoint's path.
+
+        Flink completes the savepoint, the sources acknowledge what it holds
+        (bundle finalisation), then the job ends FINISHED. Raises RuntimeError
+        when the savepoint fails or does not complete in time: the job then
+        keeps running.
+        """
+        body: dict[str, Any] = {"drain": False}
+        if directory is not None:
+            body["targetDirectory"] = directory
+        url = f"{self.rest_url}/jobs/{self.job_id}"
+        trigger = _rest("POST", f"{url}/stop", body)["request-id"]
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            status = _rest("GET", f"{url}/savepoints/{trigger}")
+            if status["status"]["id"] == "COMPLETED":
+                operation = status.get("operation") or {}
+                if "location" not in operation:
+                    cause = operation.get("failure-cause", {}).get("stack-trace", "")
+                    raise RuntimeError(
+                        f"flink: the savepoint of job {self.job_id} failed: "
+                        f"{cause.splitlines()[0] if cause else operation}"
+                    )
+                return str(operation["location"])
+            time.sleep(_POLL_SECONDS)
+        raise RuntimeError(
+            f"flink: the savepoint of job {self.job_id} did not complete in {timeout_seconds:.0f} s"
+        )
+
     def delete_jar(self) -> None:
         jar_id, self.jar_id = self.jar_id, None
         if jar_id is None:
@@ -294,3 +342,71 @@ class FlinkJob:
         except (OSError, ValueError) as err:
             # Beam may have deleted it already when it saw the job end.
             _LOGGER.debug("flink: jar %s not deleted: %s", jar_id, err)
+
+
+def list_jobs(rest_url: str) -> list[dict[str, Any]]:
+    """The cluster's jobs, newest first: id, name, state, start (epoch ms), duration (ms)."""
+    jobs = _rest("GET", f"{rest_url.rstrip('/')}/jobs/overview")["jobs"]
+    return sorted(
+        (
+            {
+                "id": job["jid"],
+                "name": job["name"],
+                "state": job["state"],
+                "start": job["start-time"],
+                "duration": job["duration"],
+            }
+            for job in jobs
+        ),
+        key=lambda job: -int(job["start"]),
+    )
+
+
+class _RestoringFlinkBeamJob(flink_uber_jar_job_server.FlinkBeamJob):
+    """Beam's uber-jar job, started from a savepoint when one is given.
+
+    Beam's run request names only the entry class, and the runner inside the
+    jar ignores `savepointPath` for an uber jar (it is submitted as `[auto]`):
+    the savepoint has to travel in Flink's own run request.
+    """
+
+    restore: dict[str, Any] = {}
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        if path.endswith("/run") and self.restore:
+            kwargs["json"] = {**kwargs.get("json", {}), **self.restore}
+        return super().post(path, **kwargs)
+
+
+class _RestoringJobServer(flink_uber_jar_job_server.FlinkUberJarJobServer):
+    def __init__(self, master_url: str, options: PipelineOptions, restore: dict[str, Any]):
+        super().__init__(master_url, options)
+        self._restore = restore
+
+    def create_beam_job(
+        self, job_id: str, job_name: str, pipeline: Any, options: Any
+    ) -> flink_uber_jar_job_server.FlinkBeamJob:
+        job = _RestoringFlinkBeamJob(
+            self._master_url, self.executable_jar(), job_id, job_name, pipeline, options,
+            artifact_port=self._artifact_port,
+        )  # fmt: skip
+        job.restore = self._restore
+        return job
+
+
+class FlinkRunner(flink_runner.FlinkRunner):
+    """Beam's FlinkRunner that can also start an uber-jar job from a savepoint
+    (`--savepoint_path`, `--allow_non_restored_state`)."""
+
+    def default_job_server(self, options: PipelineOptions) -> Any:
+        job = options.view_as(FlinkJobOptions)
+        flink = options.view_as(FlinkRunnerOptions)
+        if job.savepoint_path is None or not flink.flink_submit_uber_jar:
+            return super().default_job_server(options)
+        restore: dict[str, Any] = {"savepointPath": job.savepoint_path}
+        if job.allow_non_restored_state is not None:
+            restore["allowNonRestoredState"] = job.allow_non_restored_state
+        master = self.add_http_scheme(flink.flink_master)
+        # As Beam's: the runner inside the jar must see `[auto]`, or it submits again.
+        flink.flink_master = "[auto]"
+        return _RestoringJobServer(master, options, restore)

@@ -41,7 +41,7 @@ from connectors.base import Backoff, drain_sources
 from connectors.kafka import ensure_topics
 from connectors.kafka_config import KafkaSink
 from pipelines.config import DataIngestionConfig
-from pipelines.flink import FlinkJob
+from pipelines.flink import FlinkJob, FlinkRunner
 from pipelines.ingest import build_ingest
 from pipelines.options import pipeline_options
 from pipelines.prism import PrismServer, own_prism_args
@@ -108,7 +108,9 @@ def start(config: DataIngestionConfig, beam_args: Sequence[str]) -> PipelineResu
     args, prism = own_prism_args(beam_args, options.view_as(StandardOptions).runner)
     if prism is not None:
         options = pipeline_options(config, [*args, f"--job_endpoint={prism.start()}"])
-    pipeline = beam.Pipeline(options=options)
+    # Ours only adds starting from a savepoint to Beam's.
+    runner = FlinkRunner() if options.view_as(StandardOptions).runner == "FlinkRunner" else None
+    pipeline = beam.Pipeline(runner=runner, options=options)
     build_ingest(pipeline, config)
     sigint_handler = signal.getsignal(signal.SIGINT)
     try:
@@ -191,6 +193,10 @@ def _wait(
         state = _state(result)
         if state is None and stop.wait(_POLL_SECONDS):
             return "STOPPED"  # Ctrl-C reached Prism before our handler ran
+        if state == PipelineState.DONE and id(result) in _FLINK_JOBS:
+            # `jobs stop --savepoint`: an end the operator asked for.
+            _LOGGER.info("pipeline %s: the Flink job finished (stopped with a savepoint?)", name)
+            return state
         if state is None or PipelineState.is_terminal(state):
             _LOGGER.error("pipeline %s ended: %s", name, state or "job server gone")
             return state or "UNKNOWN"

@@ -78,13 +78,18 @@ def _rest(cluster: Any, path: str) -> Any:
 
 
 class _FlinkPipeline:
-    """`python -m data_ingestion run --runner FlinkRunner` against the private cluster."""
+    """`python -m data_ingestion run --runner FlinkRunner` against the private cluster,
+    or `jobs resume --savepoint PATH` when a savepoint is given."""
 
-    def __init__(self, config: Path, cluster: Any, log: Path) -> None:
+    def __init__(self, config: Path, cluster: Any, log: Path, savepoint: str | None = None) -> None:
+        command = (
+            ["run", "--runner", "FlinkRunner", f"--flink_master={cluster.rest}"]
+            if savepoint is None
+            else ["jobs", "resume", "--savepoint", savepoint, "--flink-master", cluster.rest]
+        )
         self._args = [
-            sys.executable, "-m", "data_ingestion", "run", "--config", str(config),
-            "--runner", "FlinkRunner", f"--flink_master={cluster.rest}", "--parallelism=2",
-            f"--environment_config={cluster.worker_pool}",
+            sys.executable, "-m", "data_ingestion", *command, "--config", str(config),
+            "--parallelism=2", f"--environment_config={cluster.worker_pool}",
         ]  # fmt: skip
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -150,6 +155,84 @@ def _messages(count: int) -> tuple[list[tuple[str, bytes]], set[tuple[str, str]]
     return messages, valid, dead
 
 
+def _source_chain_config(
+    tmp_path: Path, kafka_bootstrap: str, mqtt_port: int
+) -> tuple[Path, dict[str, str]]:
+    """The test config with the source's chain alone.
+
+    Features and anomalies shuffle the record types, whose every field is a
+    pickled `pythonsdk_any` (the records modules use `from __future__ import
+    annotations`): the 2.62 runner cannot decode that logical type from a 2.77
+    SDK and fails the job whenever a window fires.
+    """
+    config, topics = pipeline_config(tmp_path, kafka_bootstrap=kafka_bootstrap, mqtt_port=mqtt_port)
+    settings = json.loads(config.read_text())
+    settings["features"]["enabled"] = False
+    settings["anomaly"]["enabled"] = False
+    config.write_text(json.dumps(settings))
+    return config, topics
+
+
+class _Connections:
+    """Counts the MQTT connections the pool's SDK workers made (their log says so)."""
+
+    def __init__(self, root: Path) -> None:
+        self.log = Path(flink_stack.status(root)["worker_pool"]["log"])
+        self.before = self.count()
+
+    def count(self) -> int:
+        return self.log.read_text(errors="replace").count("mqtt[iot]: connected to")
+
+    def wait_for_new(self, pipeline: _FlinkPipeline) -> None:
+        def connected() -> bool:
+            assert pipeline.alive(), f"the launcher exited:\n{pipeline.tail()}"
+            return self.count() > self.before
+
+        wait_until(
+            connected,
+            timeout=_START_TIMEOUT,
+            describe=lambda: f"{pipeline.tail()}\n--- worker pool ---\n{self.log.read_text()[-3000:]}",
+        )
+        self.before = self.count()
+
+
+class _Arrivals:
+    """What reached the readings and dead-letter topics."""
+
+    def __init__(self, kafka_bootstrap: str, topics: dict[str, str]) -> None:
+        self.readings = TopicReader(kafka_bootstrap, topics["readings"])
+        self.dead_letter = TopicReader(kafka_bootstrap, topics["dead_letter"])
+
+    def poll(self) -> None:
+        self.readings.poll(200)
+        self.dead_letter.poll(200)
+
+    def wait_for(self, valid: set[tuple[str, str]], dead: int) -> None:
+        wait_until(
+            lambda: {(r["tag"], r["ts"]) for r in self.readings.records} >= valid
+            and len(self.dead_letter.records) >= dead,
+            timeout=_ARRIVAL_TIMEOUT,
+            step=self.poll,
+            describe=lambda: f"{len(self.readings.records)}/{len(valid)} readings, "
+            f"{len(self.dead_letter.records)}/{dead} dead letters",
+        )
+
+    def duplicates(self) -> int:
+        return len(self.readings.records) - len(
+            {(r["tag"], r["ts"]) for r in self.readings.records}
+        )
+
+    def close(self) -> None:
+        self.readings.close()
+        self.dead_letter.close()
+
+
+def _running_job(cluster: Any) -> str:
+    jobs = [j for j in _rest(cluster, "/jobs/overview")["jobs"] if j["state"] == "RUNNING"]
+    assert len(jobs) == 1, jobs
+    return str(jobs[0]["jid"])
+
+
 def test_every_mqtt_message_reaches_kafka_on_a_flink_session_cluster(
     flink_cluster: tuple[Path, Any],
     kafka_bootstrap: str,
@@ -157,65 +240,140 @@ def test_every_mqtt_message_reaches_kafka_on_a_flink_session_cluster(
     tmp_path: Path,
 ) -> None:
     root, cluster = flink_cluster
-    config, topics = pipeline_config(
-        tmp_path, kafka_bootstrap=kafka_bootstrap, mqtt_port=private_mosquitto.port
-    )
-    # The source's chain alone. Features and anomalies shuffle the record types,
-    # whose every field is a pickled `pythonsdk_any` (the records modules use
-    # `from __future__ import annotations`): the 2.62 runner cannot decode that
-    # logical type from a 2.77 SDK and fails the job whenever a window fires.
-    settings = json.loads(config.read_text())
-    settings["features"]["enabled"] = False
-    settings["anomaly"]["enabled"] = False
-    config.write_text(json.dumps(settings))
-    pool_log = Path(flink_stack.status(root)["worker_pool"]["log"])
-    connected_before = pool_log.read_text(errors="replace").count("mqtt[iot]: connected to")
+    config, topics = _source_chain_config(tmp_path, kafka_bootstrap, private_mosquitto.port)
+    connections = _Connections(root)
     pipeline = _FlinkPipeline(config, cluster, tmp_path / "pipeline.log")
-    readings = TopicReader(kafka_bootstrap, topics["readings"])
-    dead_letter = TopicReader(kafka_bootstrap, topics["dead_letter"])
+    arrivals = _Arrivals(kafka_bootstrap, topics)
     pipeline.start()
     try:
-        # The MQTT client lives in the SDK worker the pool started: its log says when.
-        def connected() -> bool:
-            assert pipeline.alive(), f"the launcher exited:\n{pipeline.tail()}"
-            text = pool_log.read_text(errors="replace")
-            return text.count("mqtt[iot]: connected to") > connected_before
-
-        wait_until(
-            connected,
-            timeout=_START_TIMEOUT,
-            describe=lambda: f"{pipeline.tail()}\n--- worker pool ---\n{pool_log.read_text()[-3000:]}",
-        )
+        connections.wait_for_new(pipeline)
         messages, valid, dead = _messages(_MESSAGES)
         publish(private_mosquitto.port, messages)
-
-        def poll() -> None:
-            readings.poll(200)
-            dead_letter.poll(200)
-
-        wait_until(
-            lambda: len(readings.records) >= len(valid) and len(dead_letter.records) >= dead,
-            timeout=_ARRIVAL_TIMEOUT,
-            step=poll,
-            describe=lambda: f"{len(readings.records)}/{len(valid)} readings, "
-            f"{len(dead_letter.records)}/{dead} dead letters",
-        )
-        keys = collections.Counter((r["tag"], r["ts"]) for r in readings.records)
-        assert set(keys) == valid
-        assert len(readings.records) == len(valid), "duplicates on the readings topic"
-        reasons = collections.Counter(r["reason"] for r in dead_letter.records)
+        arrivals.wait_for(valid, dead)
+        assert {(r["tag"], r["ts"]) for r in arrivals.readings.records} == valid
+        assert arrivals.duplicates() == 0, "duplicates on the readings topic"
+        reasons = collections.Counter(r["reason"] for r in arrivals.dead_letter.records)
         assert reasons == {"undecodable": dead // 2, "out_of_range": dead // 2}
 
         # Acknowledgements wait for completed checkpoints: the job took some.
-        jobs = [j for j in _rest(cluster, "/jobs/overview")["jobs"] if j["state"] == "RUNNING"]
-        assert len(jobs) == 1, jobs
-        job_id = jobs[0]["jid"]
+        job_id = _running_job(cluster)
         assert _rest(cluster, f"/jobs/{job_id}/checkpoints")["counts"]["completed"] > 0
     finally:
-        readings.close()
-        dead_letter.close()
+        arrivals.close()
         code = pipeline.stop()
     assert code == 0, pipeline.tail()
     # The launcher cancelled the job through Flink's REST API and deleted its jar.
     assert _rest(cluster, f"/jobs/{job_id}")["state"] == "CANCELED"
     assert _rest(cluster, "/jars")["files"] == []
+
+
+def _jobs_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "data_ingestion", "jobs", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=_STOP_TIMEOUT,
+    )
+
+
+def test_a_job_stopped_with_a_savepoint_resumes_from_it_and_loses_nothing(
+    flink_cluster: tuple[Path, Any],
+    kafka_bootstrap: str,
+    private_mosquitto: Any,
+    tmp_path: Path,
+) -> None:
+    root, cluster = flink_cluster
+    config, topics = _source_chain_config(tmp_path, kafka_bootstrap, private_mosquitto.port)
+    connections = _Connections(root)
+    messages, valid, dead = _messages(_MESSAGES)
+    before_stop, while_stopped = messages[: _MESSAGES // 2], messages[_MESSAGES // 2 :]
+    first = _FlinkPipeline(config, cluster, tmp_path / "first.log")
+    arrivals = _Arrivals(kafka_bootstrap, topics)
+    first.start()
+    resumed: _FlinkPipeline | None = None
+    try:
+        connections.wait_for_new(first)
+        publish(private_mosquitto.port, before_stop)
+        wait_until(
+            lambda: len(arrivals.readings.records) >= 500,
+            timeout=_ARRIVAL_TIMEOUT,
+            step=arrivals.poll,
+        )
+        job_id = _running_job(cluster)
+        listed = _jobs_cli("list", "--flink-master", cluster.rest)
+        assert listed.returncode == 0 and job_id in listed.stdout, listed
+
+        stopped = _jobs_cli(
+            "stop",
+            job_id,
+            "--savepoint",
+            str(tmp_path / "savepoints"),
+            "--flink-master",
+            cluster.rest,
+        )
+        assert stopped.returncode == 0, stopped
+        savepoint = stopped.stdout.strip()
+        assert (Path(savepoint.removeprefix("file:")) / "_metadata").is_file(), savepoint
+        assert first.process is not None
+        assert first.process.wait(timeout=_STOP_TIMEOUT) == 0, first.tail()
+        assert _rest(cluster, f"/jobs/{job_id}")["state"] == "FINISHED"
+
+        publish(private_mosquitto.port, while_stopped)
+        resumed = _FlinkPipeline(config, cluster, tmp_path / "resumed.log", savepoint=savepoint)
+        resumed.start()
+        connections.wait_for_new(resumed)
+        arrivals.wait_for(valid, dead)
+        assert {(r["tag"], r["ts"]) for r in arrivals.readings.records} == valid
+        assert arrivals.duplicates() == 0, "what the savepoint acknowledged came again"
+        restored = _rest(cluster, f"/jobs/{_running_job(cluster)}/checkpoints")["latest"][
+            "restored"
+        ]
+        assert restored["is_savepoint"] and restored["external_path"] == savepoint, restored
+    finally:
+        arrivals.close()
+        if first.alive():
+            first.stop()
+        if resumed is not None:
+            assert resumed.stop() == 0, resumed.tail()
+
+
+def test_a_taskmanager_killed_mid_stream_loses_nothing(
+    flink_cluster: tuple[Path, Any],
+    kafka_bootstrap: str,
+    private_mosquitto: Any,
+    tmp_path: Path,
+) -> None:
+    root, cluster = flink_cluster
+    config, topics = _source_chain_config(tmp_path, kafka_bootstrap, private_mosquitto.port)
+    connections = _Connections(root)
+    messages, valid, dead = _messages(_MESSAGES)
+    pipeline = _FlinkPipeline(config, cluster, tmp_path / "pipeline.log")
+    arrivals = _Arrivals(kafka_bootstrap, topics)
+    pipeline.start()
+    try:
+        connections.wait_for_new(pipeline)
+        publish(private_mosquitto.port, messages[: _MESSAGES // 2])
+        job_id = _running_job(cluster)
+        wait_until(
+            lambda: _rest(cluster, f"/jobs/{job_id}/checkpoints")["counts"]["completed"] > 0
+            and len(arrivals.readings.records) >= 500,
+            timeout=_ARRIVAL_TIMEOUT,
+            step=arrivals.poll,
+        )
+        taskmanager = flink_stack.status(root)["taskmanager"]["pid"]
+        assert taskmanager is not None
+        os.kill(taskmanager, signal.SIGKILL)
+        publish(private_mosquitto.port, messages[_MESSAGES // 2 :])
+        flink_stack.up(root)  # starts the missing TaskManager again, as it was
+        arrivals.wait_for(valid, dead)
+        # After a crash Flink replays from the last checkpoint: at least once.
+        assert {(r["tag"], r["ts"]) for r in arrivals.readings.records} == valid
+        assert _rest(cluster, f"/jobs/{job_id}")["state"] == "RUNNING"
+        # It was a failover, not a job that never noticed.
+        failures = _rest(cluster, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+        assert failures, "the job shows no failure after its TaskManager was killed"
+    finally:
+        arrivals.close()
+        code = pipeline.stop()
+    assert code == 0, pipeline.tail()

@@ -210,6 +210,8 @@ def test_a_silent_unit_times_out_alone_and_the_line_keeps_flowing(line: Line) ->
     during = [
         r for r in line.readings.records if start + FAULT_EDGE_SECONDS < _epoch(r["ts"]) < end
     ]
+    invented = [r for r in during if r["meta"]["unit_id"] == str(SILENT_UNIT)]
+    assert not invented, f"fault {start}-{end}; readings of the silent unit: {invented}"
     assert {r["meta"]["unit_id"] for r in during} == UNIT_IDS - {str(SILENT_UNIT)}
     assert line.pipeline.alive()
 
