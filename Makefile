@@ -73,11 +73,11 @@ flink: system-deps venv
 	$(PY) -m data_ingestion flink install
 	$(PY) -m data_ingestion flink up
 
-# The Flink tests on private session clusters (about 3 minutes; `make test` skips
+# The Flink tests on private session clusters (about 5 minutes; `make test` skips
 # them: the jar, the distribution and the runs would take the suite past 20 minutes).
 test-flink: stack
 	$(PY) -m data_ingestion flink install
-	$(VENV)/bin/pytest -q tests/integration/test_flink.py
+	$(VENV)/bin/pytest -q tests/integration/test_flink.py tests/integration/test_template_submit.py
 
 # The node-opcua server of tests/integration/test_opcua_foreign_server.py (the
 # test skips without node); npm ci again only when the lock file changed.

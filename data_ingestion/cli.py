@@ -1,4 +1,4 @@
-"""`python -m data_ingestion`: run, check-config, stack, simulate, demo.
+"""`python -m data_ingestion`: run, submit, check-config, stack, simulate, demo.
 
 Examples::
 
@@ -7,6 +7,12 @@ Examples::
     python -m data_ingestion run --config data_ingestion_config.json
     python -m data_ingestion run --config line-c.json --runner PrismRunner \\
         --set kafka.bootstrap_servers=10.0.0.5:9092
+    python -m data_ingestion submit --template container_line \\
+        --param kafka_bootstrap_servers=10.0.0.5:9092 --param line_name=line-c2 --dry-run
+    python -m data_ingestion submit --template float_line --param kafka_bootstrap_servers=... \\
+        --runner FlinkRunner --flink-master 127.0.0.1:8082
+    python -m data_ingestion submit --template float_line --param kafka_bootstrap_servers=... \\
+        --runner FlinkRunner --emit-jar release/float-line.jar
     python -m data_ingestion stack up --kafka-port 9092 --mqtt-port 1883
     python -m data_ingestion flink up        # a local Flink session cluster
     python -m data_ingestion simulate --config data_ingestion_config.json
@@ -17,7 +23,9 @@ Examples::
     python -m data_ingestion jobs stop JOB_ID --savepoint /data/savepoints   # on Flink
 
 `run` passes every option it does not know to Beam (`--prism_location`,
-`--flink_master`, ...) and runs until SIGINT or SIGTERM. `--log-level` and
+`--flink_master`, ...) and runs until SIGINT or SIGTERM; `submit` renders a
+job template (`data_ingestion.templates`), then runs it with `run`'s own code
+(Beam options included), or writes an executable Flink jar. `--log-level` and
 `--log-format text|json` (before or after the command) beat the config's
 `logging` section and `DI_LOGGING__LEVEL` (see `data_ingestion.log_setup`).
 """
@@ -160,6 +168,27 @@ def _status(args: argparse.Namespace) -> int:
     return print_status(args.url, args.config)
 
 
+def _submit(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pathlib import Path
+
+    from data_ingestion.templates import submit
+
+    logging_args = [f"--log-level={args.log_level}"] if args.log_level else []
+    logging_args += [f"--log-format={args.log_format}"] if args.log_format else []
+    return submit(
+        args.template,
+        args.param,
+        # The rendered config runs through `run` itself: one code path for both.
+        run=lambda argv: main([*logging_args, *argv]),
+        runner=args.runner,
+        flink_master=args.flink_master,
+        rendered_config=None if args.rendered_config is None else Path(args.rendered_config),
+        dry_run=args.dry_run,
+        jar_path=None if args.emit_jar is None else Path(args.emit_jar),
+        beam_args=beam_args,
+    )
+
+
 def _jobs(args: argparse.Namespace, beam_args: list[str]) -> int:
     from data_ingestion.jobs import resume_beam_args, run_jobs
 
@@ -203,6 +232,29 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="override a config value by dotted path",
+    )
+
+    submit = commands.add_parser(
+        "submit", help="check a job template's parameters, render its config and run it"
+    )
+    submit.add_argument(
+        "--template", required=True, help="a name in pipelines/templates/ or a directory"
+    )
+    submit.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="a template parameter"
+    )
+    submit.add_argument("--runner", choices=["PrismRunner", "FlinkRunner"])
+    submit.add_argument("--flink-master", metavar="HOST:PORT", help="Flink's REST API")
+    submit.add_argument(
+        "--rendered-config",
+        metavar="PATH",
+        help="where the rendered config goes (default .state/templates/NAME-TIME.json)",
+    )
+    submit.add_argument(
+        "--dry-run", action="store_true", help="print the rendered config and the command"
+    )
+    submit.add_argument(
+        "--emit-jar", metavar="PATH", help="write an executable Flink jar instead of running"
     )
 
     check = commands.add_parser("check-config", help="validate a config file, print every error")
@@ -263,10 +315,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args, beam_args = parser.parse_known_args(argv)
     _configure_logging(args)
-    if args.command not in ("run", "demo", "stack", "flink", "jobs") and beam_args:
+    if args.command not in ("run", "submit", "demo", "stack", "flink", "jobs") and beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if args.command == "run":
         return _run(args, beam_args)
+    if args.command == "submit":
+        return _submit(args, beam_args)
     if args.command == "demo":
         return _demo(args, beam_args)
     if args.command == "check-config":
