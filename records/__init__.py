@@ -5,7 +5,11 @@ become a trusted reading, kept with a stable `reason` code and the original
 payload so nothing is lost; `Feature` is one tag's statistics over one event-
 time window (`transforms.features`); `Alert` one raise or clear of an anomaly
 or source-health condition (`transforms.anomaly`). All are Beam schema types
-(NamedTuple + RowCoder): cheap to encode and portable across runners.
+(NamedTuple + RowCoder): cheap to encode and portable across runners. Their
+annotations must stay readable at run time (no `from __future__ import
+annotations` here) and optional fields `Optional[X]`: Beam reads both `"float
+| None"` and `float | None` as a pickled Python object, which Flink's runner
+cannot decode.
 
 Readings travel between transforms in batches (`list[Reading]`, one element per
 poll, notification or drained queue) because Beam Python costs about a
@@ -19,15 +23,13 @@ Example::
     b'{"source":"mqtt","device":"iot","tag":"f'
 """
 
-from __future__ import annotations
-
 import base64
 import datetime
 import enum
 import functools
 import time
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import orjson
 from apache_beam import coders
@@ -79,7 +81,7 @@ class Reading(NamedTuple):
     device: str
     tag: str
     ts: float
-    value: float | None
+    value: Optional[float]
     quality: str
     unit: str
     meta: Mapping[str, str]
@@ -152,15 +154,15 @@ class Feature(NamedTuple):
     window_start: float
     window_end: float
     count: int  # type: ignore[assignment]  # shadows tuple.count: the JSON key and the statistic
-    mean: float | None
-    std: float | None
-    min: float | None
-    max: float | None
-    first: float | None
-    last: float | None
-    slope_per_min: float | None
+    mean: Optional[float]
+    std: Optional[float]
+    min: Optional[float]
+    max: Optional[float]
+    first: Optional[float]
+    last: Optional[float]
+    slope_per_min: Optional[float]
     bad_fraction: float
-    completeness: float | None
+    completeness: Optional[float]
     pane_index: int
     is_late: bool
     meta: Mapping[str, str]
@@ -204,8 +206,8 @@ class InspectionResult(NamedTuple):
     camera: str
     ts: float
     article_id: int
-    mould_number: int | None
-    section: int | None
+    mould_number: Optional[int]
+    section: Optional[int]
     decision: str
     reject_codes: tuple[str, ...]
     defect_count: int
@@ -261,10 +263,10 @@ class Alert(NamedTuple):
     severity: str
     state: str
     start: float
-    end: float | None
-    value: float | None
-    expected_low: float | None
-    expected_high: float | None
+    end: Optional[float]
+    value: Optional[float]
+    expected_low: Optional[float]
+    expected_high: Optional[float]
     detail: str
     meta: Mapping[str, str]
 

@@ -61,11 +61,9 @@ Example::
     fn.extract_output(acc).slope_per_min      # 2.0
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam import coders
@@ -107,13 +105,13 @@ class WindowStats(NamedTuple):
 
     count: int  # type: ignore[assignment]  # shadows tuple.count: the statistic's name
     bad: int
-    mean: float | None
-    std: float | None
-    min: float | None
-    max: float | None
-    first: float | None
-    last: float | None
-    slope_per_min: float | None
+    mean: Optional[float]
+    std: Optional[float]
+    min: Optional[float]
+    max: Optional[float]
+    first: Optional[float]
+    last: Optional[float]
+    slope_per_min: Optional[float]
 
 
 coders.registry.register_coder(WindowStats, coders.RowCoder)

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,13 +159,8 @@ def _messages(count: int) -> tuple[list[tuple[str, bytes]], set[tuple[str, str]]
 def _source_chain_config(
     tmp_path: Path, kafka_bootstrap: str, mqtt_port: int
 ) -> tuple[Path, dict[str, str]]:
-    """The test config with the source's chain alone.
-
-    Features and anomalies shuffle the record types, whose every field is a
-    pickled `pythonsdk_any` (the records modules use `from __future__ import
-    annotations`): the 2.62 runner cannot decode that logical type from a 2.77
-    SDK and fails the job whenever a window fires.
-    """
+    """The test config with the source's chain alone: delivery is what these tests
+    are about, and windows would only add their minute of latency."""
     config, topics = pipeline_config(tmp_path, kafka_bootstrap=kafka_bootstrap, mqtt_port=mqtt_port)
     settings = json.loads(config.read_text())
     settings["features"]["enabled"] = False
@@ -375,5 +371,61 @@ def test_a_taskmanager_killed_mid_stream_loses_nothing(
         assert failures, "the job shows no failure after its TaskManager was killed"
     finally:
         arrivals.close()
+        code = pipeline.stop()
+    assert code == 0, pipeline.tail()
+
+
+def test_features_and_anomaly_detection_run_on_flink(
+    flink_cluster: tuple[Path, Any],
+    kafka_bootstrap: str,
+    private_mosquitto: Any,
+    tmp_path: Path,
+) -> None:
+    """Windows shuffle the record types between workers: the Java runner decodes
+    them (`Row` of standard types), so the job keeps running and features come out."""
+    root, cluster = flink_cluster
+    config, topics = pipeline_config(
+        tmp_path, kafka_bootstrap=kafka_bootstrap, mqtt_port=private_mosquitto.port
+    )
+    settings = json.loads(config.read_text())
+    settings["features"]["windows"] = [{"name": "2s", "size_seconds": 2}]
+    settings["features"]["allowed_lateness_seconds"] = 0
+    config.write_text(json.dumps(settings))
+    connections = _Connections(root)
+    pipeline = _FlinkPipeline(config, cluster, tmp_path / "pipeline.log")
+    features = TopicReader(kafka_bootstrap, topics["features"])
+    pipeline.start()
+    try:
+        connections.wait_for_new(pipeline)
+        # One crown thermocouple at 20 Hz, live: the source's watermark follows
+        # receive time, so the 2 s windows close as the seconds pass.
+        for _ in range(12):
+            now_ms = int(time.time() * 1000)
+            batch = [
+                (
+                    "plant/furnace/crown_temp_z1",
+                    orjson.dumps({"value": 1500.0 + i % 7, "ts": now_ms + 50 * i}),
+                )
+                for i in range(20)
+            ]
+            publish(private_mosquitto.port, batch)
+            time.sleep(1.0)
+
+        def windows() -> set[float]:
+            return {
+                f["window_start"] for f in features.records if f["tag"] == "furnace.crown_temp_z1"
+            }
+
+        wait_until(
+            lambda: len(windows()) >= 5,
+            timeout=_ARRIVAL_TIMEOUT,
+            step=lambda: features.poll(200),
+            describe=lambda: f"{len(features.records)} features\n{pipeline.tail()}",
+        )
+        job_id = _running_job(cluster)
+        failures = _rest(cluster, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+        assert not failures, failures[0].get("exceptionName")
+    finally:
+        features.close()
         code = pipeline.stop()
     assert code == 0, pipeline.tail()

@@ -12,8 +12,7 @@ MQTT chain.
   `test_flink.py` starts one), once submitted with `--flink-master` and once
   as the executable jar `--emit-jar` writes, uploaded and run through Flink's
   REST API as `flink run` would. Skips when Java or the job server jar
-  (`make flink`) is missing. Features and anomalies are off there: the 2.62
-  job server cannot decode their record types (README, "Running on Flink").
+  (`make flink`) is missing.
 """
 
 from __future__ import annotations
@@ -209,7 +208,6 @@ def _float_params(kafka: str, mqtt_port: int, tmp_path: Path) -> tuple[list[str]
         kafka, mqtt_port, tmp_path,
         modbus_host="127.0.0.1", bath_bus_port=str(free_port()),
         thickness_gauge_port=str(free_port()),
-        features_enabled="false", anomaly_enabled="false",
     )  # fmt: skip
 
 
