@@ -93,9 +93,9 @@ class KafkaSink:
 
     bootstrap_servers: str = _DEFAULT_KAFKA_BOOTSTRAP_SERVERS
     topics: KafkaTopics = KafkaTopics()
-    # kafka-python (the design's client) or confluent-kafka (librdkafka: about
-    # five times the records per CPU-second; see README, "Performance").
-    client: Literal["kafka-python", "confluent-kafka"] = "kafka-python"
+    # confluent-kafka (librdkafka: about five times the records per CPU-second;
+    # see README, "Performance") or kafka-python (the design's, pure Python).
+    client: Literal["kafka-python", "confluent-kafka"] = "confluent-kafka"
     client_id: str = _DEFAULT_KAFKA_CLIENT_ID
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     linger_ms: int = _DEFAULT_KAFKA_LINGER_MS

@@ -32,11 +32,14 @@ def _messages(start: int, count: int) -> list[tuple[str, bytes]]:
     ]
 
 
+@pytest.mark.parametrize("client", ["confluent-kafka", "kafka-python"])
 def test_kafka_outage_loses_nothing(
-    tmp_path: Path, private_stack: PrivateStack, prism_binary: Path
+    tmp_path: Path, private_stack: PrivateStack, prism_binary: Path, client: str
 ) -> None:
     kafka, mqtt_port = private_stack.kafka, private_stack.mqtt_port
-    config, topics = pipeline_config(tmp_path, kafka_bootstrap=kafka, mqtt_port=mqtt_port)
+    config, topics = pipeline_config(
+        tmp_path, kafka_bootstrap=kafka, mqtt_port=mqtt_port, kafka_client=client
+    )
     process = PipelineProcess(config, prism_binary, tmp_path / "pipeline.log").start()
     try:
         wait_until(
