@@ -90,6 +90,7 @@ from pipelines.flink import (
     ASSEMBLED_RUNNER_VERSION,
     DEFAULT_WORKER_POOL,
     FLINK_MINOR,
+    LOCAL_FLINK_DIR,
     default_job_server_jar,
     job_server_jar_name,
 )
@@ -206,9 +207,7 @@ class FlinkCluster:
 def flink_dir(root: Path | None = None) -> Path:
     """``<root>/flink``, where every file of the local Flink lives (root: ``<repo>/.stack``)."""
     if root is None:
-        from data_ingestion.stack import default_root
-
-        root = default_root()
+        return LOCAL_FLINK_DIR.resolve()
     return root.resolve() / "flink"
 
 

@@ -1360,13 +1360,31 @@ def _parser() -> argparse.ArgumentParser:
         "throwaway CA, certificates and passwords in <root>/secure",
     )
     parser.add_argument(
+        "--flink",
+        action="store_true",
+        help="up: also start the local Flink session cluster (`python -m data_ingestion flink "
+        "up`: JobManager, TaskManager, Python worker pool; REST on 127.0.0.1:8082), building "
+        "its job server jar first if needed; down stops it with the rest",
+    )
+    parser.add_argument(
         "--root", type=Path, default=None, help="stack folder (default <repo>/.stack)"
     )
     return parser
 
 
+def _flink_up(root: Path | None) -> str:
+    """Starts the local Flink cluster (its jar built first); its REST address."""
+    from data_ingestion import flink_stack
+
+    try:
+        flink_stack.ensure_job_server_jar(root)
+        return flink_stack.up(root).rest
+    except flink_stack.FlinkError as err:
+        raise StackError(f"flink: {err}") from err
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``stack up|down|status|prism|jars [--kafka-port N] [--mqtt-port N] [--secure] [--root DIR]``."""
+    """``stack up|down|status|prism|jars [--kafka-port N] [--mqtt-port N] [--secure] [--flink] [--root DIR]``."""
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="stack: %(message)s")
@@ -1383,7 +1401,13 @@ def main(argv: list[str] | None = None) -> int:
                 for name, what in _SECURE_LISTENERS.items():
                     print(f"{name}: {getattr(secure, name)}  ({what})")
                 print(f"certificates and passwords: {secure.ca_file.parent}")
+            if args.flink:
+                print(f"flink: {_flink_up(root)}")
         elif args.action == "down":
+            from data_ingestion import flink_stack
+
+            # Stops only what `flink up` started from this root, if anything.
+            flink_stack.down(root)
             down(root)
         elif args.action == "status":
             report = status(root)

@@ -170,10 +170,10 @@ def wait_until_stopped(
         return state
     finally:
         prism, started = _RUNS.pop(id(result), (None, time.monotonic()))
-        _FLINK_JOBS.pop(id(result), None)
+        flink = _FLINK_JOBS.pop(id(result), None)
         if prism is not None:
             prism.stop()
-        close_sources(name, state, ran_seconds=time.monotonic() - started)
+        close_sources(name, state, ran_seconds=time.monotonic() - started, remote=flink is not None)
 
 
 def _wait(

@@ -71,10 +71,16 @@ def _close(stats: Any) -> str | None:
     return f"{receiver.label}: closed; " + "; ".join(parts)
 
 
-def close_sources(name: str, state: str, *, ran_seconds: float) -> None:
-    """Closes every live source of this process and logs what the stop left, once."""
+def close_sources(name: str, state: str, *, ran_seconds: float, remote: bool = False) -> None:
+    """Closes every live source of this process and logs what the stop left, once.
+
+    `remote`: the job ran in workers of another process (Flink's), which this
+    one cannot count.
+    """
     totals = _written()
-    if totals:
+    if remote:
+        flushed = "its workers wrote to Kafka (see the cluster's metrics)"
+    elif totals:
         listed = ", ".join(f"{topic} {count:,}" for topic, count in sorted(totals.items()))
         flushed = (
             f"Kafka took {sum(totals.values()):,} records from its committed bundles ({listed})"

@@ -361,6 +361,10 @@ class _EmitFeatures(beam.DoFn):
             # The runner's expiry pane, at end + allowed lateness: it repeats
             # the window after its state was cleared (looks like a first pane).
             return
+        if stats.count == 0:
+            # Flink fired such panes for windows restored from a savepoint
+            # (2.62 runner): a window with no samples has nothing to say.
+            return
         shard = progress.read() or ShardProgress(False, {})
         seen, emitted = shard.panes.get(key, (0, 0))
         after, _ = next_pane(WindowProgress(seen, emitted, shard.closed), stats.count)
@@ -398,8 +402,9 @@ class _StatsToFeatures(beam.DoFn):
         bounds: Any = beam.DoFn.WindowParam,
     ) -> Iterator[Feature]:
         late = pane.timing == PaneInfoTiming.LATE
-        if not (pane.is_last and late):  # the expiry pane repeats the window
-            key, stats = element
+        key, stats = element
+        # The expiry pane repeats the window; an empty pane has nothing to say.
+        if not (pane.is_last and late) and stats.count:
             yield _to_feature(
                 self._spec, self._config, self._expected, key, stats, bounds, pane.index, late
             )

@@ -12,6 +12,8 @@ import math
 
 import orjson
 import pytest
+from apache_beam.transforms.window import IntervalWindow
+from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
 from records import Feature, Reading, feature_to_json
 from transforms.features import (
@@ -19,6 +21,7 @@ from transforms.features import (
     TagStatsFn,
     WindowProgress,
     WindowStats,
+    _StatsToFeatures,
     add_batch,
     next_pane,
 )
@@ -305,3 +308,18 @@ def test_feature_json_shape() -> None:
         "is_late": False,
         "meta": {},
     }
+
+
+def test_an_empty_pane_gives_no_feature() -> None:
+    """Flink fired panes of no samples for windows restored from a savepoint:
+    they must not become a feature (nor divide by their count)."""
+    to_features = _StatsToFeatures(FeatureWindow("1m", 60), FeaturesConfig())
+    to_features.setup()
+    pane = PaneInfo(True, False, PaneInfoTiming.ON_TIME, 0, 0)
+    window = IntervalWindow(0, 60)
+    key = ("mqtt", "iot", "furnace.crown_temp_z1", "degC")
+    empty = WindowStats(0, 0, None, None, None, None, None, None, None)
+    full = WindowStats(2, 0, 1500.0, 0.0, 1500.0, 1500.0, 1500.0, 1500.0, 0.0)
+    assert list(to_features.process((key, empty), pane, window)) == []
+    [feature] = to_features.process((key, full), pane, window)
+    assert feature.count == 2
