@@ -48,7 +48,7 @@ from pipelines.config import DataIngestionConfig, parse_config
 from typed_config import ConfigError, join_path, type_at
 from typed_config.schema import json_schema
 
-__all__ = ["DataIngestionSetup", "check_config", "config_schema", "parse_dotenv"]
+__all__ = ["DataIngestionSetup", "check_config", "coerce_text", "config_schema", "parse_dotenv"]
 
 _DEFAULT_CONFIG_FILE = "data_ingestion_config.json"
 _DEFAULT_DOTENV_FILE = ".env"
@@ -138,7 +138,9 @@ def _is_text_type(hint: object) -> bool:
     return True
 
 
-def _coerce_text(text: str, segments: Sequence[Segment]) -> object:
+def coerce_text(text: str, segments: Sequence[Segment]) -> object:
+    """`text` as the value of the config key at `segments`: verbatim where the key
+    holds text, else parsed as JSON (1883, true, ["a/#"]) when it parses."""
     hint = type_at(DataIngestionConfig, segments)
     if hint is not None and hint is not Any and _is_text_type(hint):
         return text
@@ -228,7 +230,7 @@ def _expand(
     whole = _REFERENCE.fullmatch(node)
     # A lone reference may stand for a number or list: "port": "${MQTT_PORT:-1883}".
     if whole is not None and not whole.group(1):
-        return _coerce_text(expanded, segments)
+        return coerce_text(expanded, segments)
     return expanded
 
 
@@ -364,7 +366,7 @@ class DataIngestionSetup:
 
         for segments, text, name in _env_settings(variables):
             label = name if name in self._environ else f"{name} in {self.dotenv_path}"
-            problem = _set_path(data, segments, _coerce_text(text, segments))
+            problem = _set_path(data, segments, coerce_text(text, segments))
             if problem is not None:
                 errors.append(f"{problem} (set by {label})")
             origins[_path_text(segments)] = label
@@ -377,7 +379,7 @@ class DataIngestionSetup:
                 )
                 continue
             if isinstance(value, str):
-                value = _coerce_text(value, path)
+                value = coerce_text(value, path)
             problem = _set_path(data, path, value)
             if problem is not None:
                 errors.append(f"{problem} (set by override {key})")

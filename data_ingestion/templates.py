@@ -46,14 +46,13 @@ import json
 import re
 import shlex
 import sys
-import types
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
+from data_ingestion.setup import coerce_text
 from pipelines.config import DataIngestionConfig
-from typed_config import ConfigError, type_at
+from typed_config import ConfigError
 
 __all__ = [
     "TEMPLATES_DIR",
@@ -306,33 +305,6 @@ def check_params(template: Template, items: Sequence[str]) -> dict[str, str]:
 # ---------------------------------------------------------------- rendering
 
 
-def _wants_text(hint: object) -> bool:
-    """True if the config key holds text, so a placeholder's value stays a string."""
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    else:
-        options = [hint]
-    for option in options:
-        if typing.get_origin(option) is Literal:
-            if not all(isinstance(arg, str) for arg in typing.get_args(option)):
-                return False
-        elif option is not str:
-            return False
-    return True
-
-
-def _typed(text: str, segments: Sequence[Segment]) -> object:
-    """A whole-string placeholder's value as the key's type: 1883, true, ["a/#"]."""
-    hint = type_at(DataIngestionConfig, segments)
-    if hint is None or hint is Any or _wants_text(hint):
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        # Left as text: the config loader then says what type the key wants.
-        return text
-
-
 def _render_node(node: object, segments: list[Segment], values: Mapping[str, str]) -> object:
     if isinstance(node, dict):
         return {k: _render_node(v, [*segments, k], values) for k, v in node.items()}
@@ -342,7 +314,7 @@ def _render_node(node: object, segments: list[Segment], values: Mapping[str, str
         return node
     whole = _PLACEHOLDER.fullmatch(node)
     if whole is not None:
-        return _typed(values[whole.group(1)], segments)
+        return coerce_text(values[whole.group(1)], segments)
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], node)
 
 

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from kafka import KafkaConsumer
@@ -75,23 +75,15 @@ def pipeline_config(
     return path, topics
 
 
-class PipelineProcess:
-    """`python -m data_ingestion run --config PATH`, killable as a whole."""
+class CliProcess:
+    """`python -m data_ingestion ARGS...` in a process group of its own, logged to a file."""
 
-    def __init__(self, config_path: Path, prism_binary: Path, log_path: Path) -> None:
-        self._args = [
-            sys.executable,
-            "-m",
-            "data_ingestion",
-            "run",
-            "--config",
-            str(config_path),
-            f"--prism_location={prism_binary}",
-        ]
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self._args = [sys.executable, "-m", "data_ingestion", *args]
         self._log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> PipelineProcess:
+    def start(self) -> Self:
         log = open(self._log_path, "ab")
         self.process = subprocess.Popen(
             self._args,
@@ -105,10 +97,15 @@ class PipelineProcess:
         return self
 
     def kill(self) -> None:
-        """SIGKILL the pipeline and its Prism server: a crash, no clean-up."""
+        """SIGKILL the process and its group (Prism): a crash, no clean-up."""
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+
+    def wait(self, timeout: float) -> int:
+        """Its exit code, once it ends by itself."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
 
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM, as an operator would; returns the exit code."""
@@ -117,17 +114,27 @@ class PipelineProcess:
         try:
             return self.process.wait(timeout=timeout)
         finally:
-            # Whatever the pipeline left behind (Prism) goes with the group.
+            # Whatever the process left behind (Prism) goes with the group.
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+        text = self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+class PipelineProcess(CliProcess):
+    """`python -m data_ingestion run --config PATH` on the given Prism."""
+
+    def __init__(self, config_path: Path, prism_binary: Path, log_path: Path) -> None:
+        super().__init__(
+            ["run", "--config", str(config_path), f"--prism_location={prism_binary}"], log_path
+        )
 
 
 class TopicReader:

@@ -33,6 +33,7 @@ import pytest
 from data_ingestion import flink_stack
 from data_ingestion.testing import (
     REPO,
+    CliProcess,
     TopicReader,
     pipeline_config,
     publish,
@@ -78,52 +79,19 @@ def _rest(cluster: Any, path: str) -> Any:
         return json.loads(response.read())
 
 
-class _FlinkPipeline:
+def _flink_run(config: Path, cluster: Any, log: Path, savepoint: str | None = None) -> CliProcess:
     """`python -m data_ingestion run --runner FlinkRunner` against the private cluster,
     or `jobs resume --savepoint PATH` when a savepoint is given."""
-
-    def __init__(self, config: Path, cluster: Any, log: Path, savepoint: str | None = None) -> None:
-        command = (
-            ["run", "--runner", "FlinkRunner", f"--flink_master={cluster.rest}"]
-            if savepoint is None
-            else ["jobs", "resume", "--savepoint", savepoint, "--flink-master", cluster.rest]
-        )
-        self._args = [
-            sys.executable, "-m", "data_ingestion", *command, "--config", str(config),
-            "--parallelism=2", f"--environment_config={cluster.worker_pool}",
-        ]  # fmt: skip
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                self._args,
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> int:
-        """One SIGTERM, as an operator would: the launcher cancels the Flink job."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-            raise
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+    command = (
+        ["run", "--runner", "FlinkRunner", f"--flink_master={cluster.rest}"]
+        if savepoint is None
+        else ["jobs", "resume", "--savepoint", savepoint, "--flink-master", cluster.rest]
+    )
+    args = [
+        *command, "--config", str(config), "--parallelism=2",
+        f"--environment_config={cluster.worker_pool}",
+    ]  # fmt: skip
+    return CliProcess(args, log)
 
 
 def _messages(count: int) -> tuple[list[tuple[str, bytes]], set[tuple[str, str]], int]:
@@ -179,15 +147,15 @@ class _Connections:
     def count(self) -> int:
         return self.log.read_text(errors="replace").count("mqtt[iot]: connected to")
 
-    def wait_for_new(self, pipeline: _FlinkPipeline) -> None:
+    def wait_for_new(self, pipeline: CliProcess) -> None:
         def connected() -> bool:
-            assert pipeline.alive(), f"the launcher exited:\n{pipeline.tail()}"
+            assert pipeline.alive(), f"the launcher exited:\n{pipeline.log_tail()}"
             return self.count() > self.before
 
         wait_until(
             connected,
             timeout=_START_TIMEOUT,
-            describe=lambda: f"{pipeline.tail()}\n--- worker pool ---\n{self.log.read_text()[-3000:]}",
+            describe=lambda: f"{pipeline.log_tail()}\n--- worker pool ---\n{self.log.read_text()[-3000:]}",
         )
         self.before = self.count()
 
@@ -238,7 +206,7 @@ def test_every_mqtt_message_reaches_kafka_on_a_flink_session_cluster(
     root, cluster = flink_cluster
     config, topics = _source_chain_config(tmp_path, kafka_bootstrap, private_mosquitto.port)
     connections = _Connections(root)
-    pipeline = _FlinkPipeline(config, cluster, tmp_path / "pipeline.log")
+    pipeline = _flink_run(config, cluster, tmp_path / "pipeline.log")
     arrivals = _Arrivals(kafka_bootstrap, topics)
     pipeline.start()
     try:
@@ -256,8 +224,8 @@ def test_every_mqtt_message_reaches_kafka_on_a_flink_session_cluster(
         assert _rest(cluster, f"/jobs/{job_id}/checkpoints")["counts"]["completed"] > 0
     finally:
         arrivals.close()
-        code = pipeline.stop()
-    assert code == 0, pipeline.tail()
+        code = pipeline.terminate(_STOP_TIMEOUT)
+    assert code == 0, pipeline.log_tail()
     # The launcher cancelled the job through Flink's REST API and deleted its jar.
     assert _rest(cluster, f"/jobs/{job_id}")["state"] == "CANCELED"
     assert _rest(cluster, "/jars")["files"] == []
@@ -284,10 +252,10 @@ def test_a_job_stopped_with_a_savepoint_resumes_from_it_and_loses_nothing(
     connections = _Connections(root)
     messages, valid, dead = _messages(_MESSAGES)
     before_stop, while_stopped = messages[: _MESSAGES // 2], messages[_MESSAGES // 2 :]
-    first = _FlinkPipeline(config, cluster, tmp_path / "first.log")
+    first = _flink_run(config, cluster, tmp_path / "first.log")
     arrivals = _Arrivals(kafka_bootstrap, topics)
     first.start()
-    resumed: _FlinkPipeline | None = None
+    resumed: CliProcess | None = None
     try:
         connections.wait_for_new(first)
         publish(private_mosquitto.port, before_stop)
@@ -311,12 +279,11 @@ def test_a_job_stopped_with_a_savepoint_resumes_from_it_and_loses_nothing(
         assert stopped.returncode == 0, stopped
         savepoint = stopped.stdout.strip()
         assert (Path(savepoint.removeprefix("file:")) / "_metadata").is_file(), savepoint
-        assert first.process is not None
-        assert first.process.wait(timeout=_STOP_TIMEOUT) == 0, first.tail()
+        assert first.wait(timeout=_STOP_TIMEOUT) == 0, first.log_tail()
         assert _rest(cluster, f"/jobs/{job_id}")["state"] == "FINISHED"
 
         publish(private_mosquitto.port, while_stopped)
-        resumed = _FlinkPipeline(config, cluster, tmp_path / "resumed.log", savepoint=savepoint)
+        resumed = _flink_run(config, cluster, tmp_path / "resumed.log", savepoint=savepoint)
         resumed.start()
         connections.wait_for_new(resumed)
         arrivals.wait_for(valid, dead)
@@ -329,9 +296,9 @@ def test_a_job_stopped_with_a_savepoint_resumes_from_it_and_loses_nothing(
     finally:
         arrivals.close()
         if first.alive():
-            first.stop()
+            first.terminate(_STOP_TIMEOUT)
         if resumed is not None:
-            assert resumed.stop() == 0, resumed.tail()
+            assert resumed.terminate(_STOP_TIMEOUT) == 0, resumed.log_tail()
 
 
 def test_a_taskmanager_killed_mid_stream_loses_nothing(
@@ -344,7 +311,7 @@ def test_a_taskmanager_killed_mid_stream_loses_nothing(
     config, topics = _source_chain_config(tmp_path, kafka_bootstrap, private_mosquitto.port)
     connections = _Connections(root)
     messages, valid, dead = _messages(_MESSAGES)
-    pipeline = _FlinkPipeline(config, cluster, tmp_path / "pipeline.log")
+    pipeline = _flink_run(config, cluster, tmp_path / "pipeline.log")
     arrivals = _Arrivals(kafka_bootstrap, topics)
     pipeline.start()
     try:
@@ -371,8 +338,8 @@ def test_a_taskmanager_killed_mid_stream_loses_nothing(
         assert failures, "the job shows no failure after its TaskManager was killed"
     finally:
         arrivals.close()
-        code = pipeline.stop()
-    assert code == 0, pipeline.tail()
+        code = pipeline.terminate(_STOP_TIMEOUT)
+    assert code == 0, pipeline.log_tail()
 
 
 def _publish_live(port: int, seconds: int) -> None:
@@ -415,7 +382,7 @@ def test_features_and_anomaly_detection_run_on_flink_and_resume_from_a_savepoint
     def windows() -> set[float]:
         return {f["window_start"] for f in features.records if f["tag"] == "furnace.crown_temp_z1"}
 
-    def run_and_count(pipeline: _FlinkPipeline, more_than: int) -> str:
+    def run_and_count(pipeline: CliProcess, more_than: int) -> str:
         """Publishes live until features of more windows arrive; returns the job id."""
         pipeline.start()
         connections.wait_for_new(pipeline)
@@ -424,27 +391,27 @@ def test_features_and_anomaly_detection_run_on_flink_and_resume_from_a_savepoint
             lambda: len(windows()) >= more_than + 5,
             timeout=_ARRIVAL_TIMEOUT,
             step=lambda: features.poll(200),
-            describe=lambda: f"{len(features.records)} features\n{pipeline.tail()}",
+            describe=lambda: f"{len(features.records)} features\n{pipeline.log_tail()}",
         )
         job_id = _running_job(cluster)
         failures = _rest(cluster, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
         assert not failures, failures[0]["stacktrace"][-2000:]
         return job_id
 
-    first = _FlinkPipeline(config, cluster, tmp_path / "first.log")
-    resumed: _FlinkPipeline | None = None
+    first = _flink_run(config, cluster, tmp_path / "first.log")
+    resumed: CliProcess | None = None
     try:
         job_id = run_and_count(first, 0)
         stopped = _jobs_cli("stop", job_id, "--flink-master", cluster.rest)
         assert stopped.returncode == 0, stopped
-        assert first.process is not None and first.process.wait(timeout=_STOP_TIMEOUT) == 0
-        resumed = _FlinkPipeline(
+        assert first.wait(timeout=_STOP_TIMEOUT) == 0
+        resumed = _flink_run(
             config, cluster, tmp_path / "resumed.log", savepoint=stopped.stdout.strip()
         )
         run_and_count(resumed, len(windows()))
     finally:
         features.close()
         if first.alive():
-            first.stop()
+            first.terminate(_STOP_TIMEOUT)
         if resumed is not None:
-            assert resumed.stop() == 0, resumed.tail()
+            assert resumed.terminate(_STOP_TIMEOUT) == 0, resumed.log_tail()

@@ -17,11 +17,7 @@ MQTT chain.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +29,7 @@ import requests
 
 from data_ingestion import flink_stack
 from data_ingestion.stack import free_port
-from data_ingestion.testing import REPO, TopicReader, publish, recent_base_ms, wait_until
+from data_ingestion.testing import CliProcess, TopicReader, publish, recent_base_ms, wait_until
 from pipelines.flink import default_job_server_jar
 from records import format_ts
 
@@ -44,51 +40,6 @@ _START_TIMEOUT = 180.0
 _ARRIVAL_TIMEOUT = 120.0
 _STOP_TIMEOUT = 90.0
 _CONNECTED = "mqtt[iot]: connected to"
-
-
-class _Submit:
-    """`python -m data_ingestion submit ...` in its own process group, logged to a file."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.args = [sys.executable, "-m", "data_ingestion", "submit", *args]
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> _Submit:
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                self.args,
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout)
-
-    def stop(self) -> int:
-        """One SIGTERM, as an operator would; the group goes with it afterwards."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=_STOP_TIMEOUT)
-        finally:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def tail(self, lines: int = 40) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 def _params(kafka: str, mqtt_port: int, tmp_path: Path, **more: str) -> tuple[list[str], str]:
@@ -127,12 +78,12 @@ def _readings(tags: list[str], count: int) -> tuple[list[tuple[str, bytes]], set
     return messages, keys
 
 
-def _wait_connected(submit: _Submit, log: Path, before: int = 0) -> None:
+def _wait_connected(submit: CliProcess, log: Path, before: int = 0) -> None:
     def connected() -> bool:
-        assert submit.alive(), f"submit exited:\n{submit.tail()}"
+        assert submit.alive(), f"submit exited:\n{submit.log_tail()}"
         return log.read_text(errors="replace").count(_CONNECTED) > before
 
-    wait_until(connected, timeout=_START_TIMEOUT, describe=submit.tail)
+    wait_until(connected, timeout=_START_TIMEOUT, describe=submit.log_tail)
 
 
 def _publish_and_read(kafka: str, prefix: str, mqtt_port: int, tags: list[str]) -> None:
@@ -166,8 +117,8 @@ def test_container_line_template_submitted_on_prism_writes_readings_to_kafka(
     )  # fmt: skip
     rendered = tmp_path / "line-c.json"
     log = tmp_path / "submit.log"
-    submit = _Submit(
-        ["--template", "container_line", *params, "--rendered-config", str(rendered),
+    submit = CliProcess(
+        ["submit", "--template", "container_line", *params, "--rendered-config", str(rendered),
          "--runner", "PrismRunner", f"--prism_location={prism_binary}"],
         log,
     ).start()  # fmt: skip
@@ -179,8 +130,8 @@ def test_container_line_template_submitted_on_prism_writes_readings_to_kafka(
             ["iot.template_probe_a", "iot.template_probe_b"],
         )  # fmt: skip
     finally:
-        code = submit.stop()
-    assert code == 0, submit.tail()
+        code = submit.terminate(_STOP_TIMEOUT)
+    assert code == 0, submit.log_tail()
 
 
 # ---------------------------------------------------------------- Flink
@@ -222,10 +173,10 @@ def test_float_line_template_submitted_to_flink_writes_readings_to_kafka(
     params, prefix = _float_params(kafka_bootstrap, private_mosquitto.port, tmp_path)
     pool_log = _pool_log(root)
     before = pool_log.read_text(errors="replace").count(_CONNECTED)
-    submit = _Submit(
-        ["--template", "float_line", *params, "--rendered-config", str(tmp_path / "line-f.json"),
-         "--runner", "FlinkRunner", "--flink-master", cluster.rest, "--parallelism=1",
-         f"--environment_config={cluster.worker_pool}"],
+    submit = CliProcess(
+        ["submit", "--template", "float_line", *params, "--rendered-config",
+         str(tmp_path / "line-f.json"), "--runner", "FlinkRunner", "--flink-master", cluster.rest,
+         "--parallelism=1", f"--environment_config={cluster.worker_pool}"],
         tmp_path / "submit.log",
     ).start()  # fmt: skip
     try:
@@ -235,8 +186,8 @@ def test_float_line_template_submitted_to_flink_writes_readings_to_kafka(
             kafka_bootstrap, prefix, private_mosquitto.port, ["iot.template_probe_flink"]
         )
     finally:
-        code = submit.stop()
-    assert code == 0, submit.tail()
+        code = submit.terminate(_STOP_TIMEOUT)
+    assert code == 0, submit.log_tail()
     jobs = requests.get(f"{cluster.rest_url}/jobs/overview", timeout=10).json()["jobs"]
     assert [j["state"] for j in jobs if j["name"].startswith("line-f")] == ["CANCELED"]
 
@@ -247,13 +198,13 @@ def test_float_line_template_as_an_executable_jar_runs_on_flink(
     root, cluster = flink_cluster
     params, prefix = _float_params(kafka_bootstrap, private_mosquitto.port, tmp_path)
     jar = tmp_path / "release" / "line-f.jar"
-    submit = _Submit(
-        ["--template", "float_line", *params, "--param", "line_name=line-f-jar",
+    submit = CliProcess(
+        ["submit", "--template", "float_line", *params, "--param", "line_name=line-f-jar",
          "--rendered-config", str(tmp_path / "line-f.json"), "--runner", "FlinkRunner",
          "--emit-jar", str(jar), f"--environment_config={cluster.worker_pool}"],
         tmp_path / "emit.log",
     ).start()  # fmt: skip
-    assert submit.wait(timeout=_START_TIMEOUT) == 0, submit.tail()
+    assert submit.wait(timeout=_START_TIMEOUT) == 0, submit.log_tail()
     assert jar.is_file()
 
     # What `flink run line-f.jar` does, through the REST API.
