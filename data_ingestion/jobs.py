@@ -22,7 +22,7 @@ from typing import Any
 
 from pipelines.flink import FlinkJob, list_jobs
 
-__all__ = ["add_jobs_parser", "run_jobs", "LOCAL_FLINK_MASTER"]
+__all__ = ["LOCAL_FLINK_MASTER", "add_jobs_parser", "resume_beam_args", "run_jobs"]
 
 LOCAL_FLINK_MASTER = "127.0.0.1:8082"
 

@@ -32,7 +32,10 @@ checked, and reach the runner: `--checkpointing_interval` (ms),
 
 Python's `result.cancel()` does not work for an uber-jar job (Beam posts to a
 REST path Flink does not have); `FlinkJob` cancels through Flink's REST API
-and deletes the uploaded jar.
+and deletes the uploaded jar, and stops a job with a savepoint. Beam's
+uber-jar submission cannot start from a savepoint: `FlinkRunner` here is
+Beam's with `--savepoint_path` (and `--allow_non_restored_state`) put into
+Flink's run request.
 
 Example::
 
