@@ -8,12 +8,15 @@ from benchmarks import (
     anomaly_accuracy,
     camera_detection_quality,
     camera_to_kafka,
+    cost_budget,
+    flink_vs_prism,
     idle_cost,
     modbus_to_kafka,
     monitoring_overhead,
     mqtt_to_kafka,
     opcua_to_kafka,
     spool,
+    telegraf_side_by_side,
     transforms,
 )
 
@@ -28,6 +31,9 @@ _BENCHMARKS = {
     "camera_to_kafka": camera_to_kafka.main,
     "spool": spool.main,
     "idle_cost": idle_cost.main,
+    "cost_budget": cost_budget.main,
+    "flink_vs_prism": flink_vs_prism.main,
+    "telegraf_side_by_side": telegraf_side_by_side.main,
 }
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from types import FrameType
 
 from kafka import KafkaConsumer, TopicPartition
 
+from data_ingestion import stack
+
 __all__ = [
     "group_cpu_seconds",
     "group_peak_rss_bytes",
@@ -202,3 +204,16 @@ def rss_bytes(pid: int) -> int:
 def load_average() -> float:
     """The machine's 1-minute load average (runnable tasks, all cores)."""
     return os.getloadavg()[0]
+
+
+@contextlib.contextmanager
+def private_mosquitto(folder: Path) -> Iterator[tuple[int, int]]:
+    """A Mosquitto of the benchmark's own (the stack's no-drop config) on a free port;
+    yields its port and pid."""
+    port = stack.free_port()
+    broker = stack.start_mosquitto(port, folder)
+    try:
+        yield port, broker.pid
+    finally:
+        broker.terminate()
+        broker.wait()

@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks._measure import group_cpu_seconds, machine
+from benchmarks._measure import group_cpu_seconds, machine, private_mosquitto
 from benchmarks.mqtt_to_kafka import _payloads
 from connectors import metrics
 from connectors.base import PushReader, Receiver
@@ -206,9 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results.update(kafka_client=args.kafka_client, runs=[])
     with tempfile.TemporaryDirectory(prefix="bench-monitoring-") as tmp:
         workdir = Path(tmp)
-        port = stack.free_port()
-        broker = stack.start_mosquitto(port, workdir / "mosquitto")
-        try:
+        with private_mosquitto(workdir / "mosquitto") as (port, _):
             for per_message in args.readings_per_message:
                 count = max(1, args.messages // per_message) if per_message > 1 else args.messages
                 messages = _payloads(count, per_message)
@@ -248,9 +246,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     json.dumps({k: v for k, v in run.items() if k != "samples"}, indent=2),
                     flush=True,
                 )
-        finally:
-            broker.terminate()
-            broker.wait()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

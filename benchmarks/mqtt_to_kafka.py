@@ -18,6 +18,7 @@ Run: `python -m benchmarks mqtt_to_kafka [--messages N] [--readings-per-message 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -25,6 +26,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,13 @@ import paho.mqtt.client as mqtt
 from apache_beam.options.pipeline_options import PipelineOptions
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks._measure import group_cpu_seconds, machine, percentile, process_cpu_seconds
+from benchmarks._measure import (
+    group_cpu_seconds,
+    machine,
+    percentile,
+    private_mosquitto,
+    process_cpu_seconds,
+)
 from connectors.mqtt import READINGS, ReadFromMqtt
 from connectors.mqtt_config import MqttSource
 from data_ingestion import stack
@@ -184,7 +193,13 @@ def pipeline_drain(
     messages: list[tuple[str, bytes]],
     readings: int,
     kafka_client: str,
+    during_drain: Callable[[int], AbstractContextManager[Any]] | None = None,
 ) -> dict[str, float]:
+    """Drains `messages`, queued before the pipeline starts, into Kafka.
+
+    `during_drain(pid)` is entered, with the pipeline process's pid, from the
+    first arrival in Kafka to the last (a profiler, say).
+    """
     workdir.mkdir(parents=True)
     config, topics = pipeline_config(
         workdir, kafka_bootstrap=kafka, mqtt_port=port, kafka_client=kafka_client
@@ -207,16 +222,17 @@ def pipeline_drain(
         wait_until(
             lambda: reader.poll(200) > 0 or bool(reader.records), timeout=180, step=lambda: None
         )
-        first_arrival = time.perf_counter()
-        cpu_start = group_cpu_seconds(pgid)
-        wait_until(
-            lambda: len(reader.records) >= readings,
-            timeout=900,
-            step=lambda: reader.poll(200),
-            describe=lambda: f"{len(reader.records)} of {readings}",
-        )
-        elapsed = time.perf_counter() - first_arrival
-        cpu = group_cpu_seconds(pgid) - cpu_start
+        with during_drain(pgid) if during_drain else contextlib.nullcontext():
+            first_arrival = time.perf_counter()
+            cpu_start = group_cpu_seconds(pgid)
+            wait_until(
+                lambda: len(reader.records) >= readings,
+                timeout=900,
+                step=lambda: reader.poll(200),
+                describe=lambda: f"{len(reader.records)} of {readings}",
+            )
+            elapsed = time.perf_counter() - first_arrival
+            cpu = group_cpu_seconds(pgid) - cpu_start
     finally:
         process.terminate()
         reader.close()
@@ -253,13 +269,17 @@ def latency(
             client.connect("127.0.0.1", port)
             client.loop_start()
             started = time.monotonic()
+            sent = []
             for i in range(count):
                 delay = started + i / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
                 now_ms = int(time.time() * 1000)
                 payload = orjson.dumps({"tag": f"lat.{i % 100}", "value": 1.0, "ts": now_ms})
-                client.publish("plant/latency", payload, qos=1)
+                sent.append(client.publish("plant/latency", payload, qos=1))
+            # Stopping the loop with messages still queued in paho would drop them.
+            for info in sent:
+                info.wait_for_publish(timeout=60)
             client.loop_stop()
             client.disconnect()
             stop.set()
@@ -273,7 +293,12 @@ def latency(
             arrived = time.time()
             delays.extend(arrived - m.timestamp / 1000 for m in reader.messages[seen:])
 
-        wait_until(lambda: len(delays) >= count, timeout=seconds + 120, step=collect)
+        wait_until(
+            lambda: len(delays) >= count,
+            timeout=seconds + 120,
+            step=collect,
+            describe=lambda: f"{len(delays)} of {count} readings\n{process.log_tail(15)}",
+        )
         publisher.join()
     finally:
         process.terminate()
@@ -302,14 +327,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp:
         workdir = Path(tmp)
-        port = stack.free_port()
-        broker = stack.start_mosquitto(port, workdir / "mosquitto")
-        try:
+        with private_mosquitto(workdir / "mosquitto") as (port, broker_pid):
             for per_message in args.readings_per_message:
                 count = max(1, args.messages // per_message) if per_message > 1 else args.messages
                 messages = _payloads(count, per_message)
                 raw = raw_paho(port, messages)
-                connector = connector_only(port, messages, count * per_message, prism, broker.pid)
+                connector = connector_only(port, messages, count * per_message, prism, broker_pid)
                 run_dir = workdir / f"run-{per_message}"
                 run_dir.mkdir()
                 pipe = {
@@ -339,9 +362,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 lat_dir, kafka, port, prism, args.latency_rate, args.latency_seconds
             )
             print(json.dumps(results["latency"], indent=2), flush=True)
-        finally:
-            broker.terminate()
-            broker.wait()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results
