@@ -594,6 +594,21 @@ def _drain(side: _Side, total: int, tail: int) -> dict[str, Any]:
     return result
 
 
+def _measured(
+    settings: _Settings, side: _Side, tool: str, server: Callable[[], float]
+) -> dict[str, Any]:
+    """One tool's window on a live source (see `_window`); the side is closed after."""
+    try:
+        result = _window(
+            side, warmup=settings.warmup_seconds, seconds=settings.seconds, server=server
+        )
+        if tool == "telegraf":
+            result["fields_per_record_sampled"] = side.fields_per_record()
+    finally:
+        side.close()
+    return result
+
+
 def _window(
     side: _Side, *, warmup: float, seconds: float, server: Callable[[], float]
 ) -> dict[str, Any]:
@@ -763,17 +778,7 @@ def opcua(settings: _Settings, items: int, rate_hz: float) -> list[dict[str, Any
     with _opcua_server(settings, items, rate_hz) as server:
         for tool in ("pipeline", "telegraf"):
             side = _opcua_side(settings, tool, server.endpoint, items, rate_hz, f"opcua-{tool}")
-            try:
-                result = _window(
-                    side,
-                    warmup=settings.warmup_seconds,
-                    seconds=settings.seconds,
-                    server=server.writes,
-                )
-                if tool == "telegraf":
-                    result["fields_per_record_sampled"] = side.fields_per_record()
-            finally:
-                side.close()
+            result = _measured(settings, side, tool, server.writes)
             result |= {
                 "protocol": "opcua",
                 "load": f"{items:,} items x {rate_hz:g} Hz",
@@ -820,17 +825,7 @@ def modbus(settings: _Settings, devices: modbus_to_kafka._Devices) -> list[dict[
     results = []
     for tool in ("pipeline", "telegraf"):
         side = _modbus_side(settings, tool, devices.ports, _MODBUS_INTERVAL_MS, f"modbus-{tool}")
-        try:
-            result = _window(
-                side,
-                warmup=settings.warmup_seconds,
-                seconds=settings.seconds,
-                server=devices.received,
-            )
-            if tool == "telegraf":
-                result["fields_per_record_sampled"] = side.fields_per_record()
-        finally:
-            side.close()
+        result = _measured(settings, side, tool, devices.received)
         result |= {
             "protocol": "modbus",
             "load": f"{len(devices.ports)} devices x {_MODBUS_VALUES} float32 "
