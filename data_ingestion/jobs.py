@@ -67,9 +67,11 @@ def run_jobs(args: argparse.Namespace) -> int:
         if args.action == "list":
             _print_jobs(list_jobs(rest_url))
         elif args.action == "cancel":
+            _require_job(rest_url, args.job_id)
             state = FlinkJob(rest_url, args.job_id).cancel()
             print(f"{args.job_id}: {state}")
         elif args.action == "stop":
+            _require_job(rest_url, args.job_id)
             print(FlinkJob(rest_url, args.job_id).stop_with_savepoint(args.savepoint))
     except urllib.error.HTTPError as err:
         print(
@@ -88,6 +90,12 @@ def run_jobs(args: argparse.Namespace) -> int:
         print(f"jobs {args.action}: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _require_job(rest_url: str, job_id: str) -> None:
+    """Raises RuntimeError unless the cluster (which must answer) has the job."""
+    if all(job["id"] != job_id for job in list_jobs(rest_url)):
+        raise RuntimeError(f"no job {job_id} on {rest_url} (`jobs list` shows them)")
 
 
 def _rest_url(master: str) -> str:
