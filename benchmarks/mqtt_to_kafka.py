@@ -268,14 +268,17 @@ def latency(
             )
             client.connect("127.0.0.1", port)
             client.loop_start()
-            started = time.monotonic()
+            started, wall_started = time.monotonic(), time.time()
             sent = []
             for i in range(count):
                 delay = started + i / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                now_ms = int(time.time() * 1000)
-                payload = orjson.dumps({"tag": f"lat.{i % 100}", "value": 1.0, "ts": now_ms})
+                # Stamped with its scheduled time, not the clock: a publisher that
+                # catches up sends many in one millisecond, and validation drops a
+                # second reading of a tag with the same timestamp as a duplicate.
+                ts_ms = int((wall_started + i / rate) * 1000)
+                payload = orjson.dumps({"tag": f"lat.{i % 100}", "value": 1.0, "ts": ts_ms})
                 sent.append(client.publish("plant/latency", payload, qos=1))
             # Stopping the loop with messages still queued in paho would drop them.
             for info in sent:
