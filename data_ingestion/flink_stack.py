@@ -67,13 +67,11 @@ import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -82,10 +80,18 @@ import time
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from data_ingestion.local_processes import (
+    free_port,
+    locked,
+    owned_pid,
+    port_accepts,
+    spawn,
+    terminate,
+)
 from pipelines.flink import (
     ASSEMBLED_RUNNER_VERSION,
     DEFAULT_WORKER_POOL,
@@ -225,18 +231,6 @@ def _pid_file(base: Path, name: _ProcessName) -> Path:
 
 def _cluster_file(base: Path) -> Path:
     return base / "run" / "cluster.json"
-
-
-@contextlib.contextmanager
-def _locked(base: Path) -> Iterator[None]:
-    # `make flink` and a test fixture may both call up(): one at a time.
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / "flink.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _tool(name: str, hint: str) -> str:
@@ -416,102 +410,37 @@ def _write_config(base: Path, home: Path, settings: dict[str, str | int]) -> Pat
 # --- processes -------------------------------------------------------------------------
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
-
-
 def _markers(base: Path, name: _ProcessName) -> tuple[str, str]:
     # Flink's processes name the config folder (--configDir), the pool its stack folder (--root).
     marker = str(base.parent if name == "worker_pool" else _conf_dir(base))
     return marker, _MAIN_CLASSES[name]
 
 
-def _is_ours(pid: int, base: Path, name: _ProcessName) -> bool:
-    # A reused pid, or the process of another stack folder, names neither.
-    if _is_zombie(pid):
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    args = _cmdline(pid)
-    return all(marker in args for marker in _markers(base, name))
-
-
 def _owned_pid(base: Path, name: _ProcessName) -> int | None:
-    try:
-        pid = int(_pid_file(base, name).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if _is_ours(pid, base, name) else None
+    return owned_pid(_pid_file(base, name), *_markers(base, name))
 
 
-def _port_accepts(address: str) -> bool:
+def _address_accepts(address: str) -> bool:
     host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return port_accepts(host, int(port))
 
 
 def _require_free(port: int, what: str, flag: str) -> None:
-    if _port_accepts(f"{_HOST}:{port}"):
+    if port_accepts(_HOST, port):
         raise FlinkError(
             f"{what}: {_HOST}:{port} is already in use by a process this stack did not start; "
             f"stop it or choose another port ({flag})"
         )
 
 
-def _spawn(
-    argv: Sequence[str], *, base: Path, env: dict[str, str], output: Path
-) -> subprocess.Popen[bytes]:
-    with open(output, "ab") as out:
-        return subprocess.Popen(
-            list(argv),
-            cwd=base,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            # Its own session: the command that started it may end, the cluster stays.
-            start_new_session=True,
-            close_fds=True,
-        )
-
-
 def _terminate(targets: Sequence[tuple[int, Path, _ProcessName]], grace_seconds: float) -> None:
     """SIGTERM each (pid, folder, name) still ours, SIGKILL what outlives the grace."""
-    alive = [target for target in targets if _is_ours(*target)]
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        for pid, _, name in alive:
-            if signum == signal.SIGKILL:
-                _LOGGER.warning("flink %s (pid %d) did not stop: killing it", name, pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        deadline = time.monotonic() + grace_seconds
-        while alive and time.monotonic() < deadline:
-            time.sleep(_POLL_SECONDS / 2)
-            alive = [target for target in alive if _is_ours(*target)]
-    if alive:
-        raise FlinkError(f"pids {[pid for pid, _, _ in alive]} survived SIGKILL")
+    survivors = terminate(
+        [(pid, _markers(base, name), f"flink {name}") for pid, base, name in targets],
+        grace_seconds,
+    )
+    if survivors:
+        raise FlinkError(f"pids {survivors} survived SIGKILL")
 
 
 def _stop_children(processes: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -606,7 +535,7 @@ def up(
     it is. Raises ``FlinkError`` with the log tail when something does not start.
     """
     base = flink_dir(root)
-    with _locked(base):
+    with locked(base, "flink.lock"):
         running = {name: _owned_pid(base, name) for name in _MAIN_CLASSES}
         cluster = _read_cluster(base)
         if all(running.values()) and cluster is not None:
@@ -627,15 +556,15 @@ def up(
         _tool("java", "install Java 11 or 17 (apt-get install openjdk-17-jre-headless)")
         home = home or ensure_distribution(root)
         if rest_port is None:
-            rest_port = _free_port()
+            rest_port = free_port(_HOST)
         if worker_pool_port is None:
-            worker_pool_port = _free_port()
+            worker_pool_port = free_port(_HOST)
         _require_free(rest_port, "flink REST", "--rest-port")
         _require_free(worker_pool_port, "flink worker pool", "--worker-pool-port")
         settings = _config(
             base,
             rest_port=rest_port,
-            rpc_port=_free_port(),
+            rpc_port=free_port(_HOST),
             slots=slots,
             jobmanager_memory=jobmanager_memory,
             taskmanager_memory=taskmanager_memory,
@@ -693,7 +622,7 @@ def _start(
             output = (
                 base / "log" / ("worker-pool.log" if name == "worker_pool" else f"{name}.start.out")
             )
-            process = _spawn(argv, base=base, env=process_env, output=output)
+            process = spawn(argv, cwd=base, env=process_env, output=output)
             started.append((name, process))
             _pid_file(base, name).write_text(f"{process.pid}\n")
         _wait_ready(base, cluster, started, timeout_seconds)
@@ -721,7 +650,7 @@ def _wait_ready(
         if (
             overview is not None
             and overview.get("slots-total", 0) >= cluster.slots
-            and _port_accepts(cluster.worker_pool)
+            and _address_accepts(cluster.worker_pool)
         ):
             return
         if time.monotonic() > deadline:
@@ -739,7 +668,7 @@ def down(root: Path | None = None, *, grace_seconds: float = _DEFAULT_STOP_GRACE
     jars are deleted.
     """
     base = flink_dir(root)
-    with _locked(base):
+    with locked(base, "flink.lock"):
         targets: list[tuple[int, Path, _ProcessName]] = []
         order: tuple[_ProcessName, ...] = ("taskmanager", "worker_pool", "jobmanager")
         for name in order:

@@ -70,10 +70,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import dataclasses
 import datetime
-import fcntl
 import functools
 import getpass
 import hashlib
@@ -83,15 +81,13 @@ import logging
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 from xml.sax.saxutils import quoteattr
@@ -102,6 +98,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
+
+from data_ingestion.local_processes import (
+    free_port,
+    locked,
+    owned_pid,
+    port_accepts,
+    read_pid,
+    runs_with,
+    spawn,
+    terminate,
+)
 
 __all__ = [
     "SecurePorts",
@@ -194,22 +201,6 @@ def _resolve_root(root: Path | None) -> Path:
     return (root if root is not None else default_root()).resolve()
 
 
-def free_port(host: str = _DEFAULT_HOST) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _log_sizes(*paths: Path) -> dict[Path, int]:
     """Where each log ends now, so a failure report shows this start only."""
     return {path: path.stat().st_size if path.exists() else 0 for path in paths}
@@ -234,100 +225,14 @@ def _log_tail(since: dict[Path, int], lines: int = _DEFAULT_LOG_TAIL_LINES) -> s
     return "\n".join(parts) if parts else "(no log output)"
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    # `make test` and a test fixture may both call up(): one at a time.
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "stack.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 # --- processes ---------------------------------------------------------------
 
 
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # The command name in parentheses may itself contain spaces or parentheses.
-    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
-
-
-def _cmdline(pid: int) -> list[str]:
-    """The live process's arguments; empty when gone or a zombie."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
-
-
-def _is_ours(pid: int, marker: str) -> bool:
-    # The config path is in the arguments of exactly this stack's broker; a
-    # reused pid or another stack's broker does not name it.
-    return marker in _cmdline(pid)
-
-
-def _read_pid(pid_file: Path) -> int | None:
-    try:
-        return int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _owned_pid(pid_file: Path, marker: str) -> int | None:
-    pid = _read_pid(pid_file)
-    if pid is not None and _is_ours(pid, marker):
-        return pid
-    return None
-
-
-def _spawn(
-    argv: Sequence[str], *, cwd: Path, output: Path, detach: bool
-) -> subprocess.Popen[bytes]:
-    with open(output, "ab") as out:
-        return subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            # Its own session: Ctrl-C in the terminal that ran `make demo` and
-            # the exit of that command leave the broker running.
-            start_new_session=detach,
-            close_fds=True,
-        )
-
-
-def _still_running(pid: int, marker: str) -> bool:
-    if _is_zombie(pid):
-        # Our own exited child (up() and down() in one process): reap it.
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    return _is_ours(pid, marker)
-
-
-def _terminate(targets: Sequence[tuple[int, str]], grace_seconds: float) -> None:
-    """SIGTERM every (pid, marker) still ours, SIGKILL what outlives the grace."""
-    alive = [(pid, marker) for pid, marker in targets if _still_running(pid, marker)]
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        for pid, _ in alive:
-            if signum == signal.SIGKILL:
-                _LOGGER.warning("pid %d did not stop within %.0f s: killing it", pid, grace_seconds)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        deadline = time.monotonic() + grace_seconds
-        while alive and time.monotonic() < deadline:
-            time.sleep(_DEFAULT_POLL_SECONDS)
-            alive = [(pid, marker) for pid, marker in alive if _still_running(pid, marker)]
-    if alive:
-        raise StackError(f"pids {[pid for pid, _ in alive]} survived SIGKILL")
+def _terminate(targets: Sequence[tuple[int, tuple[str], str]], grace_seconds: float) -> None:
+    """SIGTERM every (pid, markers, label) still ours, SIGKILL what outlives the grace."""
+    survivors = terminate(targets, grace_seconds)
+    if survivors:
+        raise StackError(f"pids {survivors} survived SIGKILL")
 
 
 def _wait_until(
@@ -351,7 +256,7 @@ def _wait_until(
 
 
 def _require_free(host: str, port: int, what: str, flag: str) -> None:
-    if _port_accepts(host, port):
+    if port_accepts(host, port):
         raise StackError(
             f"{what}: {host}:{port} is already in use by a process this stack did not"
             f" start; stop it or choose another port ({flag})"
@@ -515,7 +420,7 @@ def kafka_answers(
     (``security_protocol``, ``ssl_cafile``, ``sasl_mechanism``, ...).
     """
     host, _, port = address.rpartition(":")
-    if not _port_accepts(host, int(port)):
+    if not port_accepts(host, int(port)):
         return False
     timeout_ms = int(timeout_seconds * 1000)
     try:
@@ -579,7 +484,7 @@ def _start_kafka_node(
     argv = [*jvm, "-Dlog4j2.shutdownHookEnabled=false", "-XX:+UseG1GC", *classpath]
     argv += ["kafka.Kafka", str(properties)]
     logs = _log_sizes(kafka_dir / "kafka.log", output)
-    proc = _spawn(argv, cwd=kafka_dir, output=output, detach=True)
+    proc = spawn(argv, cwd=kafka_dir, output=output, detach=True)
     (kafka_dir / "kafka.pid").write_text(f"{proc.pid}\n")
     return proc, logs
 
@@ -702,10 +607,10 @@ def _start_mosquitto_with(
         _require_free(host, port, "mosquitto", flag)
     output = workdir / "mosquitto.out"
     logs = _log_sizes(workdir / "mosquitto.log", output)
-    proc = _spawn([mosquitto, "-c", str(config)], cwd=workdir, output=output, detach=detach)
+    proc = spawn([mosquitto, "-c", str(config)], cwd=workdir, output=output, detach=detach)
     try:
         _wait_until(
-            lambda: all(_port_accepts(host, port) for port, _ in ports),
+            lambda: all(port_accepts(host, port) for port, _ in ports),
             what=f"mosquitto on {host}:{','.join(str(port) for port, _ in ports)}",
             proc=proc,
             timeout_seconds=timeout_seconds,
@@ -1120,12 +1025,12 @@ def up(
     root = _resolve_root(root)
     pids = _pid_files(root)
     addresses: dict[str, str] = {}
-    with _locked(root):
-        started: list[tuple[int, str]] = []
+    with locked(root, "stack.lock"):
+        started: list[tuple[int, tuple[str], str]] = []
         kafka_logs: dict[Path, int] = {}
         try:
             kafka_proc: subprocess.Popen[bytes] | None = None
-            kafka_pid = _owned_pid(*pids["kafka"])
+            kafka_pid = owned_pid(*pids["kafka"])
             if kafka_pid is not None:
                 addresses["kafka"] = _report_running(
                     "kafka", _kafka_address(root), kafka_pid, f"{host}:{kafka_port}"
@@ -1137,15 +1042,15 @@ def up(
                     port=kafka_port,
                     controller_port=controller_port or kafka_port + 1,
                 )
-                started.append((kafka_proc.pid, _kafka_marker(root)))
-            mqtt_pid = _owned_pid(*pids["mqtt"])
+                started.append((kafka_proc.pid, (_kafka_marker(root),), "kafka"))
+            mqtt_pid = owned_pid(*pids["mqtt"])
             if mqtt_pid is not None:
                 addresses["mqtt"] = _report_running(
                     "mqtt", _mqtt_address(root), mqtt_pid, f"{host}:{mqtt_port}"
                 )
             else:
                 proc = start_mosquitto(mqtt_port, root / "mosquitto", host=host, detach=True)
-                started.append((proc.pid, _mqtt_marker(root)))
+                started.append((proc.pid, (_mqtt_marker(root),), "mqtt"))
                 pids["mqtt"][0].write_text(f"{proc.pid}\n")
                 addresses["mqtt"] = f"{host}:{mqtt_port}"
                 _LOGGER.info("mqtt started at %s (pid %d)", addresses["mqtt"], proc.pid)
@@ -1193,11 +1098,11 @@ def up_secure(
     secure_dir = _secure_dir(root)
     pids = _secure_pid_files(root)
     hint = "the secured services' ports are SecurePorts(...) of stack.up_secure"
-    with _locked(root):
-        started: list[tuple[int, str]] = []
+    with locked(root, "stack.lock"):
+        started: list[tuple[int, tuple[str], str]] = []
         try:
-            kafka_pid = _owned_pid(*pids["kafka"])
-            mqtt_pid = _owned_pid(*pids["mqtt"])
+            kafka_pid = owned_pid(*pids["kafka"])
+            mqtt_pid = owned_pid(*pids["mqtt"])
             created = _ensure_certificates(secure_dir)
             if created and (kafka_pid is not None or mqtt_pid is not None):
                 raise StackError(
@@ -1227,7 +1132,7 @@ def up_secure(
                     ],
                     format_args=["--add-scram", scram],
                 )
-                started.append((kafka_proc.pid, pids["kafka"][1]))
+                started.append((kafka_proc.pid, (pids["kafka"][1],), "secured kafka"))
             if mqtt_pid is None:
                 workdir = secure_dir / "mosquitto"
                 workdir.mkdir(parents=True, exist_ok=True)
@@ -1244,7 +1149,7 @@ def up_secure(
                     detach=True,
                     timeout_seconds=_DEFAULT_MQTT_START_TIMEOUT_SECONDS,
                 )
-                started.append((proc.pid, pids["mqtt"][1]))
+                started.append((proc.pid, (pids["mqtt"][1],), "secured mqtt"))
                 pids["mqtt"][0].write_text(f"{proc.pid}\n")
             secure = secure_stack(root)
             if secure is None:
@@ -1284,15 +1189,15 @@ def down(root: Path | None = None, *, grace_seconds: float = _DEFAULT_STOP_GRACE
         *_pid_files(root).items(),
         *((f"secured {name}", files) for name, files in _secure_pid_files(root).items()),
     ]
-    with _locked(root):
+    with locked(root, "stack.lock"):
         targets = []
         for name, (pid_file, marker) in pid_files:
-            pid = _read_pid(pid_file)
+            pid = read_pid(pid_file)
             if pid is None:
                 continue
-            if _is_ours(pid, marker):
+            if runs_with(pid, marker):
                 _LOGGER.info("stopping %s (pid %d)", name, pid)
-                targets.append((pid, marker))
+                targets.append((pid, (marker,), name))
             else:
                 _LOGGER.info("%s is not running (pid %d is not ours)", name, pid)
         _terminate(targets, grace_seconds)
@@ -1311,7 +1216,7 @@ def status(root: Path | None = None) -> dict[str, ServiceStatus]:
     address = {"kafka": _kafka_address(root), "mqtt": _mqtt_address(root)}
     report: dict[str, ServiceStatus] = {}
     for name, (pid_file, marker) in _pid_files(root).items():
-        pid = _owned_pid(pid_file, marker)
+        pid = owned_pid(pid_file, marker)
         report[name] = ServiceStatus(
             state="running" if pid is not None else "stopped",
             address=address[name] if pid is not None else None,
@@ -1322,7 +1227,7 @@ def status(root: Path | None = None) -> dict[str, ServiceStatus]:
     for process, (pid_file, marker) in _secure_pid_files(root).items():
         if not pid_file.exists():
             continue  # never started with --secure, or stopped by down
-        pid = _owned_pid(pid_file, marker)
+        pid = owned_pid(pid_file, marker)
         log = pid_file.with_name("kafka.log" if process == "kafka" else "mosquitto.log")
         for listener in _SECURE_LISTENERS:
             if listener.startswith(process):
