@@ -138,8 +138,18 @@ class PrivateStack:
         self.root = root
         self.kafka_port = stack.free_port()
         self.mqtt_port = stack.free_port()
-        addresses = stack.up(kafka_port=self.kafka_port, mqtt_port=self.mqtt_port, root=root)
-        self.kafka = addresses["kafka"]
+        # Not kafka_port + 1: free ports come from the ephemeral range, where the next port
+        # may be a client connection's (a CI run failed on "Address already in use").
+        self.controller_port = stack.free_port()
+        self.kafka = self._up()["kafka"]
+
+    def _up(self) -> dict[str, str]:
+        return stack.up(
+            kafka_port=self.kafka_port,
+            mqtt_port=self.mqtt_port,
+            controller_port=self.controller_port,
+            root=self.root,
+        )
 
     def kill_kafka(self) -> None:
         """A broker crash: SIGKILL, then wait until it no longer answers."""
@@ -153,7 +163,7 @@ class PrivateStack:
 
     def start_kafka(self) -> None:
         # Only Kafka is down: only Kafka starts.
-        stack.up(kafka_port=self.kafka_port, mqtt_port=self.mqtt_port, root=self.root)
+        self._up()
 
 
 @pytest.fixture()
