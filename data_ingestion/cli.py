@@ -7,6 +7,7 @@ Examples::
     python -m data_ingestion run --config data_ingestion_config.json
     python -m data_ingestion run --config line-c.json --runner PrismRunner \\
         --set kafka.bootstrap_servers=10.0.0.5:9092
+    python -m data_ingestion run --config line-c.json --workers 2   # both cores
     python -m data_ingestion submit --template container_line \\
         --param kafka_bootstrap_servers=10.0.0.5:9092 --param line_name=line-c2 --dry-run
     python -m data_ingestion submit --template float_line --param kafka_bootstrap_servers=... \\
@@ -56,6 +57,12 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     received: list[str] = []
@@ -83,13 +90,20 @@ def _stop_on_signals() -> threading.Event:
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from data_ingestion.main import DataIngestionSystem
+    from data_ingestion.workers import parse_worker
 
     overrides = _parse_set(args.set)
     if args.runner:
         overrides["pipeline.runner"] = args.runner
     from typed_config import ConfigError
 
-    system = DataIngestionSystem(args.config, overrides=overrides, beam_args=beam_args)
+    try:
+        worker = None if args.worker is None else parse_worker(args.worker)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    system = DataIngestionSystem(
+        args.config, overrides=overrides, beam_args=beam_args, worker=worker
+    )
     try:
         system.initialize()
     except ConfigError as err:
@@ -104,6 +118,8 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     _configure_logging(args, system.config)
     # Secrets are masked: the repr leaves them out, the log masks what is left.
     _LOGGER.debug("effective config: %r", system.config)
+    if args.workers > 1:
+        return _run_workers(args, system.config, overrides, beam_args)
     stop = _stop_on_signals()
     from connectors.kafka import KafkaSecurityError
 
@@ -113,6 +129,23 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
         # The broker refused our TLS or login: its reason is the whole story.
         _LOGGER.critical("%s", err)
         return 2
+
+
+def _run_workers(
+    args: argparse.Namespace, config: Any, overrides: dict[str, Any], beam_args: list[str]
+) -> int:
+    from data_ingestion.workers import run_workers
+
+    if config.pipeline.runner == "FlinkRunner" or args.worker is not None:
+        raise SystemExit(
+            "--workers: Prism only, and not with --worker (on Flink, use --parallelism)"
+        )
+    log_args = [f"--log-level={args.log_level}"] if args.log_level else []
+    log_args += [f"--log-format={args.log_format}"] if args.log_format else []
+    return run_workers(
+        config, args.config, args.workers,
+        overrides=overrides, beam_args=beam_args, log_args=log_args, stop=_stop_on_signals(),
+    )  # fmt: skip
 
 
 def _configure_logging(args: argparse.Namespace, config: Any = None) -> None:
@@ -194,6 +227,7 @@ def _jobs(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     if args.action == "resume":
         args.runner = "FlinkRunner"
+        args.workers, args.worker = 1, None
         return _run(args, [*beam_args, *resume_beam_args(args)])
     if beam_args:
         raise SystemExit(f"jobs {args.action}: unrecognized arguments: {' '.join(beam_args)}")
@@ -233,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a config value by dotted path",
     )
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="N pipeline processes, each with a share of the sources (default 1; Prism)",
+    )
+    # Set by `--workers` for the processes it starts.
+    run.add_argument("--worker", metavar="I/N", help=argparse.SUPPRESS)
 
     submit = commands.add_parser(
         "submit", help="check a job template's parameters, render its config and run it"

@@ -106,6 +106,8 @@ class DataIngestionSystem:
         for `data_ingestion_config.json` in the working directory.
       overrides: dotted-path config overrides (the command line's `--set`).
       beam_args: extra Beam pipeline options (`--flink_master=...`).
+      worker: (index, count) when this is one worker of `run --workers N`: it
+        runs its share of the sources (`data_ingestion.workers`).
     """
 
     def __init__(
@@ -114,8 +116,10 @@ class DataIngestionSystem:
         *,
         overrides: Mapping[str, Any] | None = None,
         beam_args: Sequence[str] = (),
+        worker: tuple[int, int] | None = None,
     ) -> None:
         self._source = config if config is not None else _DEFAULT_CONFIG
+        self._worker = worker
         self._overrides = dict(overrides or {})
         self._beam_args = list(beam_args)
         self.config: DataIngestionConfig | None = None
@@ -132,6 +136,10 @@ class DataIngestionSystem:
             config = parse_config(to_dict(self._source))
         else:
             config = DataIngestionSetup(self._source, overrides=self._overrides).load_config()
+        if self._worker is not None:
+            from data_ingestion.workers import worker_config
+
+            config = worker_config(config, *self._worker)
         self._beam_args = _with_prism_location(config, self._beam_args)
         # From here on no log line shows a password or token of this config.
         protect_secrets(config)

@@ -84,7 +84,16 @@ from data_ingestion.access import (
 from pipelines.config import DataIngestionConfig
 from records import CLEARED, RAISED, Alert, AlertRule, Severity, format_ts
 
-__all__ = ["Monitor", "SourceHealth", "alert_id", "check_source", "fetch_status"]
+__all__ = [
+    "Monitor",
+    "MonitorServer",
+    "SourceHealth",
+    "alert_id",
+    "check_source",
+    "fetch_status",
+    "server_tls",
+    "static_page",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -359,7 +368,7 @@ class Monitor:
         self._stopping = threading.Event()
         self._job_state = "STARTING"
         self._stop = threading.Event()
-        self._server: _Server | None = None
+        self._server: MonitorServer | None = None
         self._threads: list[threading.Thread] = []
         self._probe = _KafkaProbe()
         self._writer = _HealthWriter(config)
@@ -395,7 +404,7 @@ class Monitor:
         host, port = self._settings.http_host, self._settings.http_port
         self._threads = [threading.Thread(target=self._run, name="monitoring-health", daemon=True)]
         try:
-            self._server = _Server((host, port), _handler(self), _tls(self._config))
+            self._server = MonitorServer((host, port), _handler(self), server_tls(self._config))
         except OSError as err:
             _LOGGER.warning(
                 "monitoring: cannot serve on %s:%d (%s; another pipeline?): no /healthz, "
@@ -815,7 +824,7 @@ def alert_id(alert: Alert) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
-class _Server(http.server.ThreadingHTTPServer):
+class MonitorServer(http.server.ThreadingHTTPServer):
     """The monitor's HTTP server; with `tls`, each connection's handshake runs in its own
     thread, so a slow client cannot hold up the others."""
 
@@ -846,7 +855,15 @@ class _Server(http.server.ThreadingHTTPServer):
             secured.close()
 
 
-def _tls(config: DataIngestionConfig) -> ssl.SSLContext | None:
+def static_page(path: str) -> tuple[bytes, str] | None:
+    """The status page's file at `path` and its content type; None if it has none."""
+    if path not in _STATIC:
+        return None
+    name, content_type = _STATIC[path]
+    return (_PAGE_DIR / name).read_bytes(), content_type
+
+
+def server_tls(config: DataIngestionConfig) -> ssl.SSLContext | None:
     control = config.control
     if control is None or control.tls_certfile is None or control.tls_keyfile is None:
         return None
@@ -878,9 +895,8 @@ def _handler(monitor: Monitor) -> type[http.server.BaseHTTPRequestHandler]:
                     self._json(200, monitor.status())
                 elif path == "/api/config":
                     self._json(200, masked_config(monitor.config))
-                elif path in _STATIC:
-                    name, content_type = _STATIC[path]
-                    self._send(200, content_type, (_PAGE_DIR / name).read_bytes())
+                elif (page := static_page(path)) is not None:
+                    self._send(200, page[1], page[0])
                 else:
                     self._json(404, {"error": f"no such page {path}"})
             except (TimeoutError, BrokenPipeError, ConnectionResetError):
