@@ -58,6 +58,12 @@ def format_status(status: dict[str, Any]) -> str:
         f"kafka {kafka['bootstrap_servers']}: {state} (written {kafka['written']}, "
         f"send errors {kafka['send_errors']})"
     )
+    # `run --workers N`: which process reads what, and how often it was restarted.
+    lines += [
+        f"worker {w['worker']} (pid {w['pid']}, {w['state']}, restarts {w['restarts']}): "
+        + (", ".join(w["sources"]) or "no sources")
+        for w in status.get("workers", [])
+    ]
     lines += [f"not ready: {reason}" for reason in status["reasons"]]
     return "\n".join(lines)
 

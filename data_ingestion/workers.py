@@ -6,13 +6,16 @@ process, so one pipeline uses one core whatever its options (beam-notes,
 sources, use the others.
 
 How sources are shared: dealt round-robin in config order (`SourcesSection.
-declared()`: MQTT, OPC UA, Modbus, camera), so each kind spreads over the
-workers and a source always lands on the same worker for the same config and
-count. A source is never split: its connection, acknowledgements, position
+declared()`: MQTT, OPC UA, Modbus, camera), each to the worker with the fewest
+so far, so each kind spreads over the workers and a source always lands on the
+same worker for the same config and count. A source is never split: its connection, acknowledgements, position
 file and spool stay in one process, and so do its tags, which keeps every
 tag's validation, features and anomaly state in one process (a tag must come
-from one source, as it does in a plant's tag list). Line features derived from
-tags of sources on different workers are not computed (README, "Workers").
+from one source, as it does in a plant's tag list). Sources whose declared
+tags (OPC UA nodes, Modbus registers) feed one glass feature (specific energy,
+regenerator balance, crown stability...) are dealt together as one unit, so
+the feature still meets all its inputs; MQTT and camera tags are not known
+before they arrive, so no MQTT source is joined to another.
 
 Each worker is `python -m data_ingestion run --config ... --worker I/N` with
 the same overrides and Beam options: it keeps its share of the sources, serves
@@ -44,9 +47,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from connectors.modbus_config import ModbusSource
+from connectors.opcua_config import OpcUaSource
 from data_ingestion.local_processes import free_port
-from pipelines.config import DataIngestionConfig, SourcesSection
+from pipelines.config import DataIngestionConfig, SourceConfig, SourcesSection
 from pipelines.notifications_config import NotificationsConfig
+from transforms.features_config import FeaturesConfig
 
 __all__ = ["Worker", "parse_worker", "run_workers", "share_of", "worker_config"]
 
@@ -74,12 +80,68 @@ def parse_worker(text: str) -> tuple[int, int]:
     return pair
 
 
-def share_of(sources: SourcesSection, index: int, count: int) -> SourcesSection:
-    """The sources worker `index` (1-based) of `count` owns: every count-th, in config order."""
+def _derived_inputs(features: FeaturesConfig, tag: str) -> set[str]:
+    """The glass features `tag` is one input of, with others (`transforms.glass_features`)."""
+    line, crown = features.line, features.crown_stability
+    pairs = {
+        "specific_energy": (line.gas_flow_tag, line.boost_power_tag, line.pull_rate_tag),
+        "regen_balance": (line.regen_top_left_tag, line.regen_top_right_tag),
+        "crown_bottom_gradient": (line.crown_temp_tag, line.bottom_temp_tag),
+    }
+    found = {name for name, tags in pairs.items() if tag in tags}
+    section = line.section_of(tag)
+    if section is not None:
+        found.add(f"moulds_s{section}")
+    if crown.is_crown(tag) or tag == crown.firing_side_tag:
+        found.add("crown_stability")
+    return found
+
+
+def _declared_tags(source: SourceConfig) -> list[str]:
+    if isinstance(source, OpcUaSource):
+        return [node.tag for node in source.nodes]
+    if isinstance(source, ModbusSource):
+        return [register.tag for unit in source.units for register in unit.registers]
+    return []  # MQTT and camera tags arrive with the data
+
+
+def _units(config: DataIngestionConfig) -> list[list[tuple[str, SourceConfig]]]:
+    """The sources in config order, those feeding one glass feature joined into one unit."""
+    declared = config.sources.declared()
+    unit_of = list(range(len(declared)))  # union-find over source positions
+
+    def root(n: int) -> int:
+        while unit_of[n] != n:
+            n = unit_of[n]
+        return n
+
+    if config.features.enabled:
+        first_with: dict[str, int] = {}
+        for n, (_, _, source) in enumerate(declared):
+            for feature in {
+                f for t in _declared_tags(source) for f in _derived_inputs(config.features, t)
+            }:
+                other = first_with.setdefault(feature, n)
+                unit_of[root(n)] = root(other)
+    units: dict[int, list[tuple[str, SourceConfig]]] = {}
+    for n, (kind, _, source) in enumerate(declared):
+        units.setdefault(root(n), []).append((kind, source))
+    return list(units.values())
+
+
+def share_of(config: DataIngestionConfig, index: int, count: int) -> SourcesSection:
+    """The sources worker `index` (1-based) of `count` owns.
+
+    Units (one source, or the sources whose tags feed one glass feature) go in
+    config order to the worker with the fewest sources so far, the first on a tie:
+    single sources are dealt round-robin.
+    """
+    shares: list[list[tuple[str, SourceConfig]]] = [[] for _ in range(count)]
+    for unit in _units(config):
+        min(shares, key=len).extend(unit)
     mine: dict[str, list[Any]] = {field.name: [] for field in dataclasses.fields(SourcesSection)}
-    for n, (kind, _, source) in enumerate(sources.declared()):
-        if n % count == index - 1:
-            mine[kind].append(source)
+    for kind, source in shares[index - 1]:
+        mine[kind].append(source)
     return SourcesSection(**{kind: tuple(chosen) for kind, chosen in mine.items()})
 
 
@@ -94,7 +156,7 @@ def worker_config(config: DataIngestionConfig, index: int, count: int) -> DataIn
         control = dataclasses.replace(control, tls_certfile=None, tls_keyfile=None)
     return dataclasses.replace(
         config,
-        sources=share_of(config.sources, index, count),
+        sources=share_of(config, index, count),
         notifications=NotificationsConfig(),
         control=control,
     )
@@ -144,9 +206,7 @@ class Worker:
     def start(self) -> None:
         # A group of its own, so that what a killed worker leaves behind (its
         # Prism server) can be ended with it.
-        self.process = subprocess.Popen(
-            self._command, preexec_fn=_die_with_parent, process_group=0
-        )
+        self.process = subprocess.Popen(self._command, preexec_fn=_die_with_parent, process_group=0)
         self._started_at = time.monotonic()
         self._due = None
         _LOGGER.info(
@@ -246,7 +306,7 @@ def run_workers(
     command = _worker_command(config_path, overrides, beam_args, log_args)
     workers = []
     for index in range(1, count + 1):
-        share = share_of(config.sources, index, count)
+        share = share_of(config, index, count)
         names = [source.name for _, _, source in share.declared()]
         workers.append(Worker(index, count, command, names, free_port()))
     if len(config.sources.declared()) < count:

@@ -6,9 +6,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from data_ingestion.monitoring import Monitor
+from data_ingestion.status import format_status
 from data_ingestion.worker_status import merge_metrics, merge_status
 from data_ingestion.workers import Worker, parse_worker, share_of, worker_config
-from pipelines.config import DataIngestionConfig, parse_config
+from pipelines.config import DataIngestionConfig, parse_config, to_dict
 
 
 def _config(**extra: object) -> DataIngestionConfig:
@@ -39,7 +40,7 @@ def test_parse_worker_refuses_what_is_not_i_of_n(text: str) -> None:
 
 
 def _names(config: DataIngestionConfig, index: int, count: int) -> list[str]:
-    return [source.name for _, _, source in share_of(config.sources, index, count).declared()]
+    return [source.name for _, _, source in share_of(config, index, count).declared()]
 
 
 def test_sources_are_dealt_round_robin_in_config_order() -> None:
@@ -47,6 +48,33 @@ def test_sources_are_dealt_round_robin_in_config_order() -> None:
     assert _names(config, 1, 2) == ["iot_a", "furnace"]
     assert _names(config, 2, 2) == ["iot_b", "fh_bus"]
     assert _names(config, 1, 1) == ["iot_a", "iot_b", "furnace", "fh_bus"]
+
+
+def _opcua(name: str, *tags: str) -> dict[str, object]:
+    nodes = [{"node_id": f"s={tag}", "tag": tag} for tag in tags]
+    return {"name": name, "endpoint": "opc.tcp://127.0.0.1:4840", "nodes": nodes}
+
+
+def test_sources_feeding_one_glass_feature_share_a_worker() -> None:
+    # Specific energy needs gas flow and pull rate; crown stability the crown and the
+    # firing side: split over workers, neither would ever be computed.
+    config = parse_config(
+        {
+            "sources": {
+                "opcua": [
+                    _opcua("combustion", "combustion.gas_flow"),
+                    _opcua("batch_house", "batch.cullet_ratio"),
+                    _opcua("furnace", "furnace.pull_rate", "furnace.firing_side"),
+                    _opcua("crown_tcs", "furnace.crown_temp_z3"),
+                    _opcua("lehr", "lehr_c.zone2_temp"),
+                ]
+            }
+        }
+    )
+    assert _names(config, 1, 2) == ["combustion", "furnace", "crown_tcs"]
+    assert _names(config, 2, 2) == ["batch_house", "lehr"]
+    apart = parse_config({**to_dict(config), "features": {"enabled": False}})
+    assert _names(apart, 1, 2) == ["combustion", "furnace", "lehr"]
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 4, 5])
@@ -114,6 +142,8 @@ def test_status_lists_every_workers_sources_and_names_a_silent_worker() -> None:
     assert [t["tag"] for t in merged["tags"]] == ["furnace.crown_temp_z1"]
     assert merged["ready"] is False
     assert "worker 2/2: kafka: not checked yet" in merged["reasons"]
+    text = format_status(merged).splitlines()
+    assert "worker 2 (pid None, not started, restarts 0): iot_b, fh_bus" in text
 
     half = merge_status([(workers[0], one), (workers[1], None)])
     assert [s["name"] for s in half["sources"]] == ["iot_a", "furnace"]
