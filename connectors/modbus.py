@@ -485,6 +485,12 @@ class _ModbusReceiver(Receiver[Item]):
         self.polls = 0
         self.requests = 0
 
+    def seconds_until_data(self) -> float | None:
+        # Jobs are due at fixed times: nothing new arrives before the next one.
+        if not self._jobs:
+            return None
+        return max(min(job.next_due for job in self._jobs) - time.monotonic(), 0.0)
+
     def plan_summary(self) -> str:
         groups: dict[str, tuple[float, int]] = {}
         for job in self._jobs:

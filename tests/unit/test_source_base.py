@@ -273,12 +273,14 @@ def test_pacing_takes_its_cap_from_the_enclosing_block_unless_it_has_one() -> No
             pass
 
 
-def _resume(fn: _ReadWithIdleBackoffFn, restriction: Any) -> tuple[int, Any, float]:
+def _resume(
+    fn: _ReadWithIdleBackoffFn, restriction: Any, element: Any = None
+) -> tuple[int, Any, float]:
     """One bundle of `fn` on `restriction`: (records emitted, residual, resume delay in s)."""
     tracker = ThreadsafeRestrictionTracker(_PROVIDER.create_tracker(restriction))
     estimator = ThreadsafeWatermarkEstimator(ManualWatermarkEstimator(None))
     finalizer = _BundleFinalizerParam()
-    outputs = list(fn.process(None, finalizer, RestrictionTrackerView(tracker), estimator))
+    outputs = list(fn.process(element, finalizer, RestrictionTrackerView(tracker), estimator))
     deferred = tracker.deferred_status()
     assert deferred is not None, "an unbounded source always leaves a residual"
     residual, delay = deferred
@@ -316,6 +318,42 @@ def test_idle_source_is_resumed_less_often_and_soon_again_after_data() -> None:
     assert emitted == 0 and idle_again <= 0.05
     fn.teardown()
     assert receiver.stopped
+
+
+class _PolledReceiver(_ManualReceiver):
+    """A manual receiver that says when its next poll is due, as Modbus does."""
+
+    next_poll_in: float | None = 0.7
+
+    def seconds_until_data(self) -> float | None:
+        return self.next_poll_in
+
+
+def test_polled_source_is_resumed_after_its_next_poll_not_before() -> None:
+    key = f"manual/polled-{random.random()}"
+    source = ReceiverSource(
+        key, lambda _: _PolledReceiver(), None, max_batch=10, max_skew_seconds=5.0
+    )
+    fn = _ReadWithIdleBackoffFn(0.05, 100, 1.0, 1.0)
+    fn.setup()
+    restriction = _PROVIDER.initial_restriction(source)
+    _, restriction, first = _resume(fn, restriction, source)
+    receiver = live_receiver(key)
+    assert isinstance(receiver, _PolledReceiver)
+    receiver._new_generation()
+    receiver._deliver(7, 1000.0, handle="m7")
+    emitted, restriction, after_data = _resume(fn, restriction, source)
+    assert emitted == 1
+    # Due in 0.7 s: resumed just after it (plus the poll interval), not at 0.05 s.
+    assert first == pytest.approx(0.75, abs=0.01)
+    assert after_data == pytest.approx(0.75, abs=0.01)
+    receiver.next_poll_in = 5.0  # a slow poll group: the idle cap still holds
+    _, restriction, capped = _resume(fn, restriction, source)
+    assert capped == pytest.approx(1.0, abs=0.01)
+    receiver.next_poll_in = None  # cannot tell (a push source): the backoff decides
+    _, restriction, unknown = _resume(fn, restriction, source)
+    assert unknown <= 0.2
+    fn.teardown()
 
 
 _CLOCK = [100.0]
