@@ -92,9 +92,28 @@ compiled once per rule set (3-4 s before). Features: 10,000 tags x 11
 windows give 110,000; runs counted up to 3% more until the runner's expiry
 pane (late, last, after the window's state was cleared) was skipped.
 
+State under tag churn (`--state-churn`, no Prism; `state_under_churn`): a
+plant renames, adds and retires tags while the pipeline runs for months, and
+the per-tag state of anomaly detection (Beam state) and validation (soft
+state) must stay flat. Four simulated hours: 1,000 steady tags, and every
+minute 250 new tags on a new device that report twice and retire (61,000 tags
+seen). Measured (2 cores, AMD EPYC, Python 3.11, 2026-12-07), entries (tags +
+devices) and pickled MB at minutes 60 / 120 / 240:
+
+| `forget_after_seconds` | anomaly | validation |
+|---|---|---|
+| 3600 | 16,312 / 16,312 / 16,061 entries; 23.1 / 23.1 / 22.8 MB | 16,312 / 16,563 / 16,312; 3.0 / 3.0 / 3.0 MB |
+| never (before issue 13) | 16,312 / 31,372 / 61,241; 23.1 / 44.4 / 86.7 MB | 16,312 / 31,372 / 61,241; 3.0 / 5.5 / 10.5 MB |
+
+Flat once the first hour's tags are forgotten; without forgetting it grows
+with every tag ever seen (anomaly about 1.4 kB a tag, its 120-sample window;
+validation, which looks every tenth of `forget_after_seconds`, up to a tenth
+more entries).
+
 Run: `python -m benchmarks transforms [--tags N] [--seconds S] [--features-seconds S]
 [--shape batched per-element] [--stage validate validate+features] [--mode streaming|batch]
-[--bundle-readings N] [--exact-rules F] [--json FILE]`.
+[--bundle-readings N] [--exact-rules F] [--json FILE]`, or
+`python -m benchmarks transforms --state-churn [--json FILE]`.
 """
 
 from __future__ import annotations
@@ -105,6 +124,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -123,12 +143,20 @@ from apache_beam.utils.timestamp import Timestamp
 
 from benchmarks._measure import machine, pid_cpu_seconds
 from records import Reading, Reason
+from transforms.anomaly import AnomalyDetector
+from transforms.anomaly_config import AnomalyConfig, AnomalyRule
 from transforms.features import ComputeFeatures
 from transforms.features_config import FeaturesConfig, FeatureWindow
 from transforms.validation import DEAD_LETTER, VALID, ReadingValidator, ValidateReadings
 from transforms.validation_config import ContextRule, ValidationConfig, ValidationRule
 
-__all__ = ["main", "synthetic_readings", "validation_config", "features_config"]
+__all__ = [
+    "main",
+    "synthetic_readings",
+    "validation_config",
+    "features_config",
+    "state_under_churn",
+]
 
 _REPO = Path(__file__).resolve().parent.parent
 _DEFAULT_PRISM = _REPO / ".stack" / "bin" / "prism"
@@ -552,6 +580,92 @@ def first_sight_seconds(data: list[list[Reading]], settings: Settings) -> float:
     return time.perf_counter() - started
 
 
+def state_under_churn(
+    *,
+    minutes: int = 240,
+    steady_tags: int = 1_000,
+    new_tags_per_minute: int = 250,
+    forget_after_seconds: float | None = 3_600.0,
+    every_minutes: int = 30,
+) -> list[dict[str, Any]]:
+    """State size of anomaly detection and validation while tags come and go (no Beam).
+
+    Each simulated minute `steady_tags` tags report, and `new_tags_per_minute`
+    new tags on a new device report twice and retire: after `minutes`, that
+    many generations have come and gone. Anomaly rules watch every tag
+    (`median_mad`, 120-sample window, `silent_seconds` 300); the detector's
+    deadlines are expired as its event-time timer would (event time = the
+    minute). Validation has a rate and frozen rule on every tag and reads the
+    minute as its clock. Every `every_minutes`: entries (tags + devices) and
+    pickled bytes of each state (for anomaly, what Beam checkpoints: the
+    shards' dicts together). `forget_after_seconds` None: never forget (the
+    state before issue 13, for comparison).
+    """
+    forget = 1e12 if forget_after_seconds is None else forget_after_seconds
+    anomaly = AnomalyDetector(
+        AnomalyConfig(
+            rules={"*": AnomalyRule(silent_seconds=300, min_sigma=1.0)},
+            device_silent_seconds=60,
+            forget_after_seconds=forget,
+        )
+    )
+    validator = ReadingValidator(
+        ValidationConfig(
+            rules={"*": ValidationRule(0, 2000, max_rate_per_min=10, sigma=1.5, frozen_samples=60)},
+            max_tags=10_000_000,
+            forget_after_seconds=forget,
+        )
+    )
+    rng = random.Random(13)
+    start = 1_795_802_400.0  # a minute boundary; the validator's clock is the simulated minute
+    rows = []
+    for minute in range(minutes + 1):
+        now = start + 60 * minute
+        batch = [
+            Reading(
+                "bench", "steady", f"steady.t{i}", now, 1500 + rng.gauss(0, 1.5), "good", "degC", {}
+            )
+            for i in range(steady_tags)
+        ]
+        for generation in (minute - 1, minute):
+            if 0 <= generation < minutes:
+                batch += [
+                    Reading(
+                        "bench",
+                        f"plc{generation}",
+                        f"gen{generation}.t{i}",
+                        now,
+                        1500.0,
+                        "good",
+                        "degC",
+                        {},
+                    )
+                    for i in range(new_tags_per_minute)
+                ]
+        validator.check(batch, now)
+        for device in {reading.device for reading in batch}:
+            anomaly.observe_device("bench", device, now)
+        for reading in batch:
+            anomaly.observe(reading)
+        due = anomaly.next_deadline()
+        while due is not None and due <= now + 59:
+            anomaly.expire(due)
+            due = anomaly.next_deadline()
+        if minute % every_minutes == 0:
+            rows.append(
+                {
+                    "minute": minute,
+                    "tags_seen": steady_tags + min(minute + 1, minutes) * new_tags_per_minute,
+                    "anomaly_entries": len(anomaly.tags) + len(anomaly.devices),
+                    "anomaly_bytes": len(pickle.dumps((anomaly.tags, anomaly.devices))),
+                    "validation_entries": sum(len(t) for t in validator._devices.values())
+                    + len(validator._devices),
+                    "validation_bytes": len(pickle.dumps(validator._devices)),
+                }
+            )
+    return rows
+
+
 def _marginal(small: dict[str, Any], large: dict[str, Any]) -> dict[str, float]:
     extra = large["readings"] - small["readings"]
     wall = large["wall_seconds"] - small["wall_seconds"]
@@ -580,6 +694,22 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
             f"{row['readings_per_second']:>10,.0f} {row['readings_per_cpu_second']:>14,.0f} "
             f"{row['cores_used']:>5.2f} {row['prism_share_of_cpu']:>5.0%}"
         )
+    return "\n".join(lines)
+
+
+def _churn_table(runs: dict[str, list[dict[str, Any]]]) -> str:
+    header = (
+        f"{'forget after':<13} {'minute':>6} {'tags seen':>9} {'anomaly entries':>15} "
+        f"{'anomaly MB':>10} {'validation entries':>18} {'validation MB':>13}"
+    )
+    lines = [header, "-" * len(header)]
+    for label, rows in runs.items():
+        for row in rows:
+            lines.append(
+                f"{label:<13} {row['minute']:>6} {row['tags_seen']:>9,} "
+                f"{row['anomaly_entries']:>15,} {row['anomaly_bytes'] / 1e6:>10.1f} "
+                f"{row['validation_entries']:>18,} {row['validation_bytes'] / 1e6:>13.1f}"
+            )
     return "\n".join(lines)
 
 
@@ -617,7 +747,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prism", type=Path, default=_DEFAULT_PRISM, help="Prism binary")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="keep Beam's and Prism's logs")
+    parser.add_argument(
+        "--state-churn",
+        action="store_true",
+        help="only the state size of anomaly detection and validation under tag churn (no Prism)",
+    )
     args = parser.parse_args(argv)
+    if args.state_churn:
+        churn = {
+            "1 h": state_under_churn(forget_after_seconds=3_600.0),
+            "never": state_under_churn(forget_after_seconds=None),
+        }
+        print(f"{(state_under_churn.__doc__ or '').splitlines()[0].rstrip('.')}; {machine()}")
+        print(_churn_table(churn), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "state_churn": churn}, indent=2))
+        return {"state_churn": churn}
     if args.tags < 2 or args.seconds < 1 or args.features_seconds < 1:
         parser.error("--tags must be >= 2, --seconds and --features-seconds >= 1")
     if not 0 <= args.exact_rules <= 1:

@@ -46,6 +46,19 @@ it from its checkpoint). A restarted pipeline learns each tag again over
 never sent), and a device that never reports again after a restart is not
 known to it, so not reported silent.
 
+Tags come and go (a plant renames, adds and retires them), and a pipeline
+runs for months, so the state forgets: a tag with neither a reading nor a
+dead letter for `forget_after_seconds` (default a day; longer than every
+silence limit, checked at load), and a device with no reading for as long, is
+dropped from its key's state by the same event-time timer, and a device key
+left with nothing is cleared. Every condition still raised on it (its
+`tag_silent` or `device_silent`, and whatever else was up when it fell
+silent) is cleared then: `end` is the forget time, `meta.reason` `forgotten`,
+so that no alert stays open for a tag nobody watches any more (counter
+`anomaly/forgotten`, tags and devices). A forgotten tag that reports again
+is a new tag: it is learnt afresh over `min_samples`, and its silence is
+watched again from its first reading.
+
 Example::
 
     config = AnomalyConfig.from_json({"rules": {"furnace.crown_temp_*": {
@@ -93,7 +106,7 @@ from transforms.anomaly_config import AnomalyConfig, AnomalyRule
 from transforms.sharding import shard_of
 from transforms.validation import CONTEXT_KEY, FROZEN_FLAG
 
-__all__ = ["DetectAnomalies", "AnomalyDetector", "ANOMALY_SHARDS", "rejection_of"]
+__all__ = ["DetectAnomalies", "AnomalyDetector", "ANOMALY_SHARDS", "FORGOTTEN", "rejection_of"]
 
 # Few keys: each costs a state round trip per bundle on Prism (see the module doc).
 ANOMALY_SHARDS = 4
@@ -106,6 +119,10 @@ _NOT_THE_TAG = frozenset({Reason.FUTURE_TIMESTAMP.value, Reason.STALE_TIMESTAMP.
 
 _RATE = Reason.RATE_OF_CHANGE.value
 _TIMER_GRAIN_SECONDS = 1e-3
+# meta["reason"] of the clears sent when a tag or device is forgotten.
+FORGOTTEN = "forgotten"
+# Rules a long-lived detector memoises (by tag) before it starts over: tags come and go.
+_CACHED_RULES = 65_536
 # A dead-lettered reading: (source, device, tag, ts, value or None, reason).
 Rejection = tuple[str, str, str, float, float | None, str]
 
@@ -219,6 +236,13 @@ class _TagState:
         self.changed_ts = _NAN
         self.unchanged = _Condition()
 
+    def latest(self) -> float:
+        """The newest news of the tag: a reading's ts or arrival, or a dead letter's ts."""
+        rejections = self.rejections
+        if rejections and rejections[-1] > self.heard:
+            return rejections[-1]
+        return self.heard
+
     def forget(self) -> None:
         """Starts learning afresh: the tag has settled at a new level."""
         self.filled = self.position = self.outliers = self.cached_for = 0
@@ -268,7 +292,8 @@ class AnomalyDetector:
     """Every detector of `config` and the state they need, without Beam.
 
     `tags` and `devices` are the state (the Beam step passes its shard's);
-    the config is not part of it.
+    the config is not part of it. `forgotten` counts the tags and devices
+    `expire` dropped (see the module doc).
     """
 
     def __init__(
@@ -281,12 +306,15 @@ class AnomalyDetector:
         self.tags = {} if tags is None else tags
         # device -> [source, newest ts, newest of ts and arrival, silent condition]
         self.devices = {} if devices is None else devices
+        self.forgotten = 0
         self._rules: dict[str, AnomalyRule | None] = {}
 
     def rule(self, tag: str) -> AnomalyRule | None:
         try:
             return self._rules[tag]
         except KeyError:
+            if len(self._rules) >= _CACHED_RULES:
+                self._rules.clear()
             found = self._rules[tag] = self._config.rule_for(tag)
             return found
 
@@ -460,12 +488,12 @@ class AnomalyDetector:
             return []
         key = (device, tag)
         state = self.tags.get(key)
-        if state is None:
-            state = self.tags[key] = _TagState(source, "", rule)
         if reason == _RATE and not _far_out(value, rule, state):
             # The rate rule's allowance is 4 noise sigmas: one sample in
             # thousands of a noisy tag crosses it. A spike is far out as well.
             return []
+        if state is None:
+            state = self.tags[key] = _TagState(source, "", rule)
         since = ts - rule.invalid_window_seconds
         state.rejections = [t for t in state.rejections if t > since] + [ts]
         if state.invalid.raised or len(state.rejections) < rule.invalid_count:
@@ -529,34 +557,58 @@ class AnomalyDetector:
         ]
 
     def expire(self, now: float) -> list[Alert]:
-        """Raises silences and clears quiet `invalid_data`, as of event time `now`.
+        """Raises silences, clears quiet `invalid_data` and forgets, as of event time `now`.
 
         A device or tag is silent once `now` is its limit past both its newest
         reading's ts and when that was heard: a back-fill of hour-old data is
-        not silence while it keeps arriving.
+        not silence while it keeps arriving. One past `forget_after_seconds`
+        is dropped instead, its raised conditions cleared (see the module doc).
         """
-        alerts = []
+        alerts: list[Alert] = []
+        forget_after = self._config.forget_after_seconds
         device_limit = self._config.device_silent_seconds
-        if device_limit is not None:
-            for device, (source, last_ts, heard, silent) in self.devices.items():
-                if not silent.raised and _past(now, heard + device_limit):
-                    silent.raise_at(last_ts)
-                    detail = f"no reading for {device_limit:g} s"
+        for device, (source, last_ts, heard, silent) in list(self.devices.items()):
+            if _past(now, heard + forget_after):
+                del self.devices[device]
+                self.forgotten += 1
+                if silent.raised:
                     alerts.append(
-                        _alert(
-                            source,
-                            device,
-                            _DEVICE,
-                            AlertRule.DEVICE_SILENT,
-                            RAISED,
-                            last_ts,
-                            None,
-                            None,
-                            (None, None),
-                            detail,
+                        self._forgotten_alert(
+                            source, device, _DEVICE, AlertRule.DEVICE_SILENT, silent, now
                         )
                     )
-        for (device, tag), state in self.tags.items():
+            elif (
+                device_limit is not None and not silent.raised and _past(now, heard + device_limit)
+            ):
+                silent.raise_at(last_ts)
+                detail = f"no reading for {device_limit:g} s"
+                alerts.append(
+                    _alert(
+                        source,
+                        device,
+                        _DEVICE,
+                        AlertRule.DEVICE_SILENT,
+                        RAISED,
+                        last_ts,
+                        None,
+                        None,
+                        (None, None),
+                        detail,
+                    )
+                )
+        for (device, tag), state in list(self.tags.items()):
+            if _past(now, state.latest() + forget_after):
+                del self.tags[(device, tag)]
+                self.forgotten += 1
+                for rule_name, slot in _CONDITION_SLOT.items():
+                    condition: _Condition = getattr(state, slot)
+                    if condition.raised:
+                        alerts.append(
+                            self._forgotten_alert(
+                                state.source, device, tag, rule_name, condition, now
+                            )
+                        )
+                continue
             rule = self.rule(tag)
             if rule is None:
                 continue
@@ -564,7 +616,8 @@ class AnomalyDetector:
                 now, state.rejections[-1] + rule.invalid_window_seconds
             ):
                 start = state.invalid.clear()
-                state.rejections = []
+                # The newest stays: it is the latest news of the tag (forgetting).
+                state.rejections = state.rejections[-1:]
                 alerts.append(
                     _alert(
                         state.source,
@@ -598,17 +651,44 @@ class AnomalyDetector:
                 )
         return alerts
 
+    def _forgotten_alert(
+        self, source: str, device: str, tag: str, rule: AlertRule, condition: _Condition, now: float
+    ) -> Alert:
+        what = f"tag {tag}" if tag else f"device {device}"
+        detail = (
+            f"forgotten: no news of the {what} for {self._config.forget_after_seconds:g} s "
+            "(anomaly.forget_after_seconds); it is no longer watched until it reports again"
+        )
+        return _alert(
+            source,
+            device,
+            tag,
+            rule,
+            CLEARED,
+            condition.clear(),
+            now,
+            None,
+            (None, None),
+            detail,
+            {"reason": FORGOTTEN},
+        )
+
     def next_deadline(self) -> float | None:
         """The earliest event time at which `expire` would have something to do."""
         deadlines = []
+        forget_after = self._config.forget_after_seconds
         device_limit = self._config.device_silent_seconds
-        if device_limit is not None:
-            deadlines += [
-                heard + device_limit
-                for _, _, heard, silent in self.devices.values()
-                if not silent.raised
-            ]
+        for _, _, heard, silent in self.devices.values():
+            if device_limit is not None and not silent.raised:
+                deadlines.append(heard + device_limit)
+            else:
+                deadlines.append(heard + forget_after)
+        # Forgetting is due at the oldest news of any tag, found in the same pass.
+        oldest = math.inf
         for (_, tag), state in self.tags.items():
+            latest = state.latest()
+            if latest < oldest:
+                oldest = latest
             rule = self.rule(tag)
             if rule is None:
                 continue
@@ -617,6 +697,8 @@ class AnomalyDetector:
             if rule.silent_seconds is not None and not state.silent.raised:
                 if state.heard > -math.inf:
                     deadlines.append(state.heard + rule.silent_seconds)
+        if -math.inf < oldest < math.inf:
+            deadlines.append(oldest + forget_after)
         return min(deadlines, default=None)
 
 
@@ -669,16 +751,17 @@ _CONDITION_SLOT = {
     AlertRule.ZSCORE: "zscore",
     AlertRule.NORMAL_RANGE: "normal",
     AlertRule.FROZEN: "frozen",
-    AlertRule.TAG_SILENT: "silent",
+    AlertRule.INVALID_DATA: "invalid",
     AlertRule.UNCHANGED: "unchanged",
+    AlertRule.TAG_SILENT: "silent",
 }
 
 
-def _far_out(value: float | None, rule: AnomalyRule, state: _TagState) -> bool:
+def _far_out(value: float | None, rule: AnomalyRule, state: _TagState | None) -> bool:
     """Whether a rejected value lies beyond the z-score threshold of the tag's statistics."""
     if value is None or rule.method == "none":
         return True  # nothing to compare with: count it
-    if state.filled < rule.min_samples:
+    if state is None or state.filled < rule.min_samples:
         return False  # still learning (a start-up): a noisy sample cannot be told from a spike
     centre, sigma = state.expected(rule)
     return abs(value - centre) > rule.threshold * sigma
@@ -755,6 +838,7 @@ class _DetectDoFn(beam.DoFn):
         self._config = config
         self._raised = Metrics.counter("anomaly", "raised")
         self._cleared = Metrics.counter("anomaly", "cleared")
+        self._forgotten = Metrics.counter("anomaly", "forgotten")
 
     def process(
         self,
@@ -774,8 +858,7 @@ class _DetectDoFn(beam.DoFn):
             alerts += detector.observe_rejection(payload)
         else:
             alerts += detector.observe_device(*payload)
-        timer_at = self._arm(detector, deadline, timer_at)
-        state.write((tags, devices, timer_at))
+        self._save(detector, state, deadline, timer_at)
         yield from self._count(alerts)
 
     @userstate.on_timer(_DEADLINE)
@@ -788,9 +871,21 @@ class _DetectDoFn(beam.DoFn):
         tags, devices, _ = state.read() or ({}, {}, None)
         detector = AnomalyDetector(self._config, tags, devices)
         alerts = detector.expire(fired.micros / 1e6)
-        timer_at = self._arm(detector, deadline, None)
-        state.write((tags, devices, timer_at))
+        if detector.forgotten:
+            self._forgotten.inc(detector.forgotten)
+        self._save(detector, state, deadline, None)
         yield from self._count(alerts)
+
+    def _save(
+        self, detector: AnomalyDetector, state: Any, deadline: Any, timer_at: float | None
+    ) -> None:
+        if detector.tags or detector.devices:
+            timer_at = self._arm(detector, deadline, timer_at)
+            state.write((detector.tags, detector.devices, timer_at))
+        else:
+            # Nothing to watch (a retired device, tags without a rule): the key
+            # keeps no state, so keys that come and go leave nothing behind.
+            state.clear()
 
     @staticmethod
     def _arm(detector: AnomalyDetector, deadline: Any, timer_at: float | None) -> float | None:

@@ -34,6 +34,13 @@ the `device_silent_seconds` health check. A rule can hold:
   readings that validation marked inside a context window (a firing reversal,
   a job change) and keeps them out of the learnt statistics; `judge` does not.
 
+`forget_after_seconds` (default a day) bounds the state as a plant renames,
+adds and retires tags: a tag with neither a reading nor a dead letter for that
+long, and a device with no reading, is dropped from the detectors' state. It
+must exceed `device_silent_seconds` and every rule's `silent_seconds` and
+`invalid_window_seconds`, so that silence is reported (and a quiet
+`invalid_data` cleared) before the tag is forgotten.
+
 Example::
 
     >>> config = AnomalyConfig.from_json({
@@ -49,6 +56,11 @@ Example::
     Traceback (most recent call last):
     ...
     typed_config.ConfigError: anomaly.rules.x.window_samples: must be >= 3, got 2
+    >>> AnomalyConfig.from_json({"forget_after_seconds": 3600,
+    ...                          "rules": {"x": {"silent_seconds": 7200}}})
+    Traceback (most recent call last):
+    ...
+    typed_config.ConfigError: anomaly.forget_after_seconds: 3600 must exceed anomaly.rules.x.silent_seconds 7200 (a tag would be forgotten before it is reported silent; raise forget_after_seconds)
 """
 
 from __future__ import annotations
@@ -65,6 +77,9 @@ __all__ = ["AnomalyConfig", "AnomalyRule", "Method", "InContext"]
 
 Method = Literal["median_mad", "ewma", "none"]
 InContext = Literal["suspend", "judge"]
+
+_DEFAULT_DEVICE_SILENT_SECONDS = 60.0
+_DEFAULT_FORGET_AFTER_SECONDS = 86_400.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +146,9 @@ class AnomalyConfig:
     enabled: bool = True
     rules: dict[str, AnomalyRule] = dataclasses.field(default_factory=dict)
     # None switches the device check off.
-    device_silent_seconds: float | None = 60.0
+    device_silent_seconds: float | None = _DEFAULT_DEVICE_SILENT_SECONDS
+    # A tag or device with no news for this long is dropped from the state.
+    forget_after_seconds: float = _DEFAULT_FORGET_AFTER_SECONDS
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: str = "anomaly") -> AnomalyConfig:
@@ -152,4 +169,39 @@ class AnomalyConfig:
             errors += check_range(
                 join_path(path, "device_silent_seconds"), self.device_silent_seconds, above=0
             )
-        return errors
+        return errors + self._check_forget_after(path)
+
+    def _check_forget_after(self, path: str) -> list[str]:
+        where = join_path(path, "forget_after_seconds")
+        errors = check_range(where, self.forget_after_seconds, above=0)
+        if errors:
+            return errors
+        silent = "would be forgotten before it is reported silent"
+        limits = [
+            (
+                join_path(path, "device_silent_seconds"),
+                self.device_silent_seconds,
+                "a device " + silent,
+            )
+        ]
+        for key, rule in self.rules.items():
+            at = functools.partial(join_path, join_path(join_path(path, "rules"), key))
+            limits.append((at("silent_seconds"), rule.silent_seconds, "a tag " + silent))
+            limits.append(
+                (
+                    at("invalid_window_seconds"),
+                    rule.invalid_window_seconds,
+                    "invalid_data would be forgotten before it clears",
+                )
+            )
+        return [
+            f"{where}: {_number(self.forget_after_seconds)} must exceed {limit_path} "
+            f"{_number(limit)} ({why}; raise forget_after_seconds)"
+            for limit_path, limit, why in limits
+            if limit is not None and not self.forget_after_seconds > limit
+        ]
+
+
+def _number(value: float) -> str:
+    # The loader stores a written 3600 as 3600.0; echo it the way it was written.
+    return str(int(value)) if float(value).is_integer() else repr(value)

@@ -89,6 +89,9 @@ __all__ = [
 _INF = math.inf
 _NAN = math.nan
 _BAD = Quality.BAD.value
+# Entries of a per-tag cache (tag selection, expected counts) before it starts
+# over: a worker runs for months while tags come and go.
+_CACHED_TAGS = 65_536
 
 # (source, device, tag, unit): unit rides along in the key so features keep it.
 Key = tuple[str, str, str, str]
@@ -246,13 +249,16 @@ def add_batch(
     epoch, with Beam's own micros arithmetic (`int(ts * 1e6)`), so every
     reading of a slice falls in the same windows (a window's size is a
     multiple of its period). `selected` memoises `config.selects` per tag
-    (fnmatch per reading would cost more than the statistics).
+    (fnmatch per reading would cost more than the statistics); it is emptied
+    when it reaches `_CACHED_TAGS` entries.
     """
     add = _STATS.add_input
     for reading in batch:
         tag = reading.tag
         chosen = selected.get(tag)
         if chosen is None:
+            if len(selected) >= _CACHED_TAGS:
+                selected.clear()
             chosen = selected[tag] = config.selects(tag)
         if not chosen:
             continue
@@ -321,7 +327,11 @@ def next_pane(progress: WindowProgress, count: int) -> tuple[WindowProgress, int
 
 
 class ShardProgress(NamedTuple):
-    """`_EmitFeatures`' state per shard and window: (seen, emitted) per key."""
+    """`_EmitFeatures`' state per shard and window: (seen, emitted) per key.
+
+    Beam scopes it to the window and drops it when the window expires (its
+    end plus the allowed lateness), so it holds the tags of open windows only.
+    """
 
     closed: bool
     panes: dict[Key, tuple[int, int]]
@@ -424,6 +434,8 @@ def _to_feature(
     if tag in expected_counts:
         expected = expected_counts[tag]
     else:
+        if len(expected_counts) >= _CACHED_TAGS:
+            expected_counts.clear()
         period = config.expected_period_for(tag)
         expected = expected_counts[tag] = None if period is None else spec.size_seconds / period
     count = stats.count

@@ -142,6 +142,8 @@ _HOURS_PER_DAY = 24.0
 _SOURCE = "derived"
 _HALF_CYCLE = "half_cycle"
 _BAD = Quality.BAD.value
+# Entries of a per-tag selection cache before it starts over: tags come and go.
+_CACHED_TAGS = 65_536
 
 
 class DerivedTag(enum.StrEnum):
@@ -324,6 +326,8 @@ class _KeyByWindow(beam.DoFn):
             return
         wanted = self._wanted.get(feature.tag)
         if wanted is None:
+            if len(self._wanted) >= _CACHED_TAGS:
+                self._wanted.clear()
             tag = feature.tag
             wanted = tag in self._tags or self._config.section_of(tag) is not None
             self._wanted[tag] = wanted
@@ -520,6 +524,8 @@ class _SelectCrown(beam.DoFn):
             tag = reading.tag
             chosen = self._chosen.get(tag)
             if chosen is None:
+                if len(self._chosen) >= _CACHED_TAGS:
+                    self._chosen.clear()
                 chosen = tag == config.firing_side_tag or config.is_crown(tag)
                 self._chosen[tag] = chosen
             if chosen:

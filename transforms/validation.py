@@ -38,8 +38,9 @@ pattern, and are applied in this order (codes are stable, see `records.Reason`):
 
 Beam counters (namespace `validation`): every rejection as `<reason>`, and
 `passed`, `duplicate`, `frozen`, `rate_reanchor`, `out_of_order` (samples older
-than their tag's reference). Dead letters carry the reading as JSON payload and
-the clock's time as `received_at` (a reading's own ts may be the broken part).
+than their tag's reference), `forgotten` (tags dropped from the soft state).
+Dead letters carry the reading as JSON payload and the clock's time as
+`received_at` (a reading's own ts may be the broken part).
 
 Context rules (`validation.context`) suspend the rate and frozen rules on the
 tags they name while a window `[event - before_seconds, event + after_seconds]`
@@ -64,11 +65,15 @@ and the Kafka sink, without a shuffle, so it cannot use keyed Beam state: each
 worker process keeps, per (device, tag), the last accepted sample, the current
 run of identical values, the pending re-anchor and the last
 `duplicate_memory_samples` accepted timestamps (at most `max_tags` tags; the
-oldest are forgotten beyond that). After a restart, or on another worker, the
-first sample of a tag is judged by the stateless rules only. A sample older
-than the tag's reference (out of order, a back-fill, a redelivery) is checked
-against the reference with `|dt|` but never becomes it, and skips the frozen
-rule. Duplicates are dropped only when the earlier copy was accepted in the
+oldest are forgotten beyond that). Tags come and go (renamed, retired), so a
+tag with no reading for `forget_after_seconds` of the clock (default a day) is
+forgotten as well, and a device with none of its tags left, with its context
+samples: the validator looks for them every tenth of that time, in the batch
+that finds the clock past it (counter `validation/forgotten`). After a
+restart, on another worker, or once forgotten, the first sample of a tag is
+judged by the stateless rules only. A sample older than the tag's reference
+(out of order, a back-fill, a redelivery) is checked against the reference
+with `|dt|` but never becomes it, and skips the frozen rule. Duplicates are dropped only when the earlier copy was accepted in the
 same bundle or in a bundle the runner has committed (bundle finalization): a
 retried bundle after a failure is not mistaken for a duplicate of itself. On a
 runner without bundle finalization only same-bundle copies are dropped.
@@ -146,6 +151,10 @@ _MAX_CONTEXT_WINDOWS = 16
 _INF = math.inf
 _NAN = math.nan
 _LARGEST = sys.float_info.max
+# Looks for tags to forget this many times per forget_after_seconds: a tag is
+# forgotten at most a tenth late, and a look (5 ms per 100,000 tags kept, 40 ms
+# if all go) is rare.
+_SWEEPS_PER_FORGET = 10
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -327,6 +336,10 @@ class _Context:
         if last is not None and value != last[1]:
             self._open(ts)
 
+    def forget(self, device: str) -> None:
+        """Drops `device`'s newest sample: its next one is its first again."""
+        self._last.pop(device, None)
+
     def _open(self, ts: float) -> None:
         start, end = ts - self.rule.before_seconds, ts + self.rule.after_seconds
         kept = []
@@ -380,6 +393,7 @@ class _Tag:
         "pending_count",
         "seen_ts",
         "seen_commits",
+        "heard",
     )
 
     def __init__(
@@ -408,6 +422,8 @@ class _Tag:
         # Recently accepted timestamps and the attempts that accepted them (duplicates).
         self.seen_ts: collections.deque[float] = collections.deque(maxlen=memory)
         self.seen_commits: collections.deque[BundleCommit] = collections.deque(maxlen=memory)
+        # The clock when a reading of the tag last arrived (forgetting).
+        self.heard = -_INF
 
 
 # ---------------------------------------------------------------- the validator
@@ -422,6 +438,7 @@ class Outcome(NamedTuple):
     frozen: int = 0
     reanchored: int = 0
     out_of_order: int = 0
+    forgotten: int = 0  # tags forgotten before the batch (no reading for forget_after_seconds)
 
 
 class ReadingValidator:
@@ -440,6 +457,7 @@ class ReadingValidator:
         self._devices: dict[str, dict[str, _Tag]] = {}
         self._tag_count = 0
         self._warned_full = False
+        self._sweep_at = -_INF
         self._limits: dict[ValidationRule | None, _Limits] = {}
         self._contexts = [_Context(rule) for rule in config.context]
         watched: dict[str, list[_Context]] = {}
@@ -467,6 +485,7 @@ class ReadingValidator:
         newest = min(now + self._max_future, _LARGEST)
         oldest = max(now - self._max_age, -_LARGEST)
         with self._lock:
+            forgotten = self._forget_quiet_tags(now) if now >= self._sweep_at else 0
             if self._watched:
                 self._observe_contexts(batch, newest, oldest)
             devices = self._devices
@@ -482,6 +501,7 @@ class ReadingValidator:
                 state = tags.get(reading.tag)
                 if state is None:
                     state = self._add_tag(tags, reading)
+                state.heard = now
                 limits = state.limits
                 value = reading.value
                 if value is None or not limits.low < value < limits.high:
@@ -541,7 +561,7 @@ class ReadingValidator:
                     if context is not None:
                         reading = _mark(reading, CONTEXT_KEY, context)
                 valid.append(reading)
-        return Outcome(valid, dead, duplicates, frozen, reanchored, out_of_order)
+        return Outcome(valid, dead, duplicates, frozen, reanchored, out_of_order, forgotten)
 
     # -- state ---------------------------------------------------------------
 
@@ -578,6 +598,24 @@ class ReadingValidator:
                 del tags[next(iter(tags))]
                 self._tag_count -= 1
                 return
+
+    def _forget_quiet_tags(self, now: float) -> int:
+        """Drops the tags not read since `now - forget_after_seconds`; returns how many."""
+        after = self._config.forget_after_seconds
+        self._sweep_at = now + after / _SWEEPS_PER_FORGET
+        before = now - after
+        count = 0
+        for device, tags in list(self._devices.items()):
+            quiet = [tag for tag, state in tags.items() if state.heard < before]
+            for tag in quiet:
+                del tags[tag]
+            count += len(quiet)
+            if not tags:
+                del self._devices[device]
+                for context in self._contexts:
+                    context.forget(device)
+        self._tag_count -= count
+        return count
 
     def _observe_contexts(self, batch: Sequence[Reading], newest: float, oldest: float) -> None:
         # Before the batch is judged, so readings next to the event in it see its window.
@@ -678,6 +716,7 @@ _COUNTED = (
     "frozen",
     "rate_reanchor",
     "out_of_order",
+    "forgotten",
 )
 
 
@@ -746,6 +785,8 @@ class _ValidateDoFn(beam.DoFn):
             counters["rate_reanchor"].inc(outcome.reanchored)
         if outcome.out_of_order:
             counters["out_of_order"].inc(outcome.out_of_order)
+        if outcome.forgotten:
+            counters["forgotten"].inc(outcome.forgotten)
         if outcome.valid:
             self._passed.inc(len(outcome.valid))
             yield outcome.valid

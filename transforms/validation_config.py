@@ -25,7 +25,9 @@ is the whole rule (rules are not merged). A rule can hold:
 tags around plant events: a firing reversal (`on: change` of
 `furnace.firing_side`), a job change (`on: nonzero` of `line.job_change`).
 `max_future_seconds` and `max_age_seconds` bound a reading's timestamp against
-the clock; `duplicate_memory_samples` and `max_tags` bound the soft state.
+the clock; `duplicate_memory_samples`, `max_tags` and `forget_after_seconds`
+(a tag not read for that long, by the clock, loses its history) bound the
+soft state.
 
 Example::
 
@@ -68,6 +70,7 @@ _DEFAULT_MAX_FUTURE_SECONDS = 5.0
 _DEFAULT_MAX_AGE_SECONDS = 7 * 86_400.0
 _DEFAULT_DUPLICATE_MEMORY_SAMPLES = 32
 _DEFAULT_MAX_TAGS = 100_000
+_DEFAULT_FORGET_AFTER_SECONDS = 86_400.0
 
 _SQRT_2 = math.sqrt(2.0)
 
@@ -208,6 +211,8 @@ class ValidationConfig:
     duplicate_memory_samples: int = _DEFAULT_DUPLICATE_MEMORY_SAMPLES
     # Tags with history kept per worker process; beyond it the oldest are forgotten.
     max_tags: int = _DEFAULT_MAX_TAGS
+    # A tag not read for this long (by the clock) loses its history: tags come and go.
+    forget_after_seconds: float = _DEFAULT_FORGET_AFTER_SECONDS
 
     def rule_for(self, tag: str) -> ValidationRule | None:
         """The rule for `tag`: its exact key, else the longest matching pattern.
@@ -232,4 +237,7 @@ class ValidationConfig:
             join_path(path, "duplicate_memory_samples"), self.duplicate_memory_samples, 0
         )
         errors += check_range(join_path(path, "max_tags"), self.max_tags, 1)
+        errors += check_range(
+            join_path(path, "forget_after_seconds"), self.forget_after_seconds, above=0
+        )
         return errors

@@ -6,6 +6,7 @@ Readings are fed to `AnomalyDetector` in order; alerts are compared as
 
 from __future__ import annotations
 
+import collections
 import random
 
 import orjson
@@ -291,3 +292,150 @@ def test_config_errors_name_every_path() -> None:
         'anomaly.rules["furnace.*"].normal_min: 10 is not below normal_max 5',
         "anomaly.device_silent_seconds: must be > 0, got 0",
     ]
+
+
+# -- forgetting (issue 13): tags and devices that stop reporting leave the state
+
+
+def fire_timers(d: AnomalyDetector, until: float) -> list[Alert]:
+    """`expire` at each deadline up to `until`, as the Beam step's timer does."""
+    alerts: list[Alert] = []
+    due = d.next_deadline()
+    while due is not None and due <= until:
+        alerts += d.expire(due)
+        due = d.next_deadline()
+    return alerts
+
+
+def test_a_silent_tag_and_device_are_forgotten_and_their_alerts_cleared() -> None:
+    config = AnomalyConfig(
+        rules={CROWN: AnomalyRule(method="none", silent_seconds=30)},
+        device_silent_seconds=60,
+        forget_after_seconds=300,
+    )
+    d = AnomalyDetector(config)
+    d.observe_device("opcua", "furnace", T0 + 5)
+    feed(d, [reading(5, 1570.0)])
+    assert [row(a) for a in fire_timers(d, T0 + 100)] == [
+        ("tag_silent", "raised", CROWN, 5.0, None),
+        ("device_silent", "raised", "", 5.0, None),
+    ]
+    assert d.next_deadline() == T0 + 305
+    assert d.expire(T0 + 304) == []
+    forgotten = d.expire(T0 + 305)
+    assert [row(a) for a in forgotten] == [
+        ("device_silent", "cleared", "", 5.0, 305.0),
+        ("tag_silent", "cleared", CROWN, 5.0, 305.0),
+    ]
+    assert [a.meta for a in forgotten] == [{"reason": "forgotten"}] * 2
+    assert forgotten[1].detail == (
+        f"forgotten: no news of the tag {CROWN} for 300 s (anomaly.forget_after_seconds); "
+        "it is no longer watched until it reports again"
+    )
+    assert (d.tags, d.devices, d.forgotten, d.next_deadline()) == ({}, {}, 2, None)
+
+
+def test_a_forgotten_tag_that_reports_again_is_learnt_afresh() -> None:
+    config = AnomalyConfig(
+        rules={CROWN: AnomalyRule(window_samples=60, min_samples=30)}, forget_after_seconds=600
+    )
+    d = AnomalyDetector(config)
+    assert feed(d, noisy(0, 100, 1570.0)) == []
+    assert fire_timers(d, T0 + 699) == [] and d.forgotten == 1
+    # 30 degC above the old level: a step to the old statistics, news to a new tag.
+    assert feed(d, noisy(800, 829, 1600.0)) == []
+    assert d.tags[("furnace", CROWN)].filled == 29
+
+
+def test_a_tag_still_dead_lettered_is_not_forgotten() -> None:
+    config = AnomalyConfig(
+        rules={CROWN: AnomalyRule(method="none", invalid_window_seconds=60)},
+        device_silent_seconds=None,
+        forget_after_seconds=300,
+    )
+    d = AnomalyDetector(config)
+    feed(d, [reading(0, 1570.0)])
+    burnout = ("opcua", "furnace", CROWN)
+    alerts = []
+    for t in range(10, 1000, 10):  # a burnt-out thermocouple: every reading rejected
+        alerts += fire_timers(d, T0 + t)
+        alerts += d.observe_rejection((*burnout, T0 + t, 1700.0, "instrument_limit"))
+    assert [row(a) for a in alerts] == [("invalid_data", "raised", CROWN, 10.0, None)]
+    assert [row(a) for a in fire_timers(d, T0 + 1289)] == [
+        ("invalid_data", "cleared", CROWN, 10.0, 1050.0)
+    ]
+    # Forgotten once the last dead letter (990) is as old as its last reading (0) was.
+    assert d.tags and d.next_deadline() == T0 + 1290
+    assert d.expire(T0 + 1290) == [] and d.tags == {}
+
+
+def test_state_stays_bounded_while_100000_tags_come_and_go() -> None:
+    # 100 steady tags report every minute; every minute 1,000 new tags on a
+    # new device report twice and retire. Tags are reported silent after
+    # 90 s, devices after 60 s, and both forgotten after 150 s.
+    config = AnomalyConfig(
+        rules={"line.*": AnomalyRule(method="none", silent_seconds=90)},
+        device_silent_seconds=60,
+        forget_after_seconds=150,
+    )
+    d = AnomalyDetector(config)
+    steady = [f"line.steady_{i}" for i in range(100)]
+    alerts: list[Alert] = []
+    sizes = []
+    for minute in range(101):
+        now = T0 + 60 * minute
+        batch = [reading(60 * minute, 1.0, tag=tag, device="steady") for tag in steady]
+        for generation in (minute - 1, minute):
+            if 0 <= generation < 100:
+                device = f"plc{generation}"
+                tags = [f"line.t{generation}_{i}" for i in range(1_000)]
+                batch += [reading(60 * minute, 1.0, tag=tag, device=device) for tag in tags]
+                d.observe_device("opcua", device, now)
+        d.observe_device("opcua", "steady", now)
+        alerts += [a for r in batch for a in d.observe(r)]
+        sizes.append((len(d.tags), len(d.devices)))
+        alerts += fire_timers(d, now + 59)
+    # Generation g, last heard at minute g + 1, is forgotten at g + 3.5:
+    # generations m - 3 to m and the steady tags are live at minute m.
+    assert set(sizes[3:100]) == {(100 + 4_000, 1 + 4)} == {max(sizes)}
+    by_kind = collections.Counter(
+        (a.rule, a.state, a.meta.get("reason", "")) for a in alerts if a.device != "steady"
+    )
+    # By minute 100 + 59 s: generations 0-98 were reported silent, 0-97 forgotten.
+    assert by_kind == {
+        ("tag_silent", "raised", ""): 1_000 * 99,
+        ("device_silent", "raised", ""): 99,
+        ("tag_silent", "cleared", "forgotten"): 1_000 * 98,
+        ("device_silent", "cleared", "forgotten"): 98,
+    }
+    assert d.forgotten == 1_001 * 98
+    assert all(("steady", tag) in d.tags for tag in steady)
+
+
+def test_forget_after_seconds_must_exceed_every_silence_limit() -> None:
+    with pytest.raises(ConfigError) as raised:
+        AnomalyConfig.from_json(
+            {
+                "forget_after_seconds": 3600,
+                "device_silent_seconds": 3600,
+                "rules": {
+                    "furnace.*": {"silent_seconds": 7200},
+                    "feeder.gob_weight": {"invalid_window_seconds": 86400},
+                    "regen.*": {"silent_seconds": 600},
+                },
+            }
+        )
+    assert raised.value.errors == [
+        "anomaly.forget_after_seconds: 3600 must exceed anomaly.device_silent_seconds 3600 "
+        "(a device would be forgotten before it is reported silent; raise forget_after_seconds)",
+        'anomaly.forget_after_seconds: 3600 must exceed anomaly.rules["furnace.*"].silent_seconds '
+        "7200 (a tag would be forgotten before it is reported silent; raise "
+        "forget_after_seconds)",
+        "anomaly.forget_after_seconds: 3600 must exceed "
+        'anomaly.rules["feeder.gob_weight"].invalid_window_seconds 86400 (invalid_data would '
+        "be forgotten before it clears; raise forget_after_seconds)",
+    ]
+    with pytest.raises(ConfigError) as raised:
+        AnomalyConfig.from_json({"forget_after_seconds": 0})
+    assert raised.value.errors == ["anomaly.forget_after_seconds: must be > 0, got 0"]
+    assert AnomalyConfig().forget_after_seconds == 86_400

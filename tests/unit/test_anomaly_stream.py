@@ -8,6 +8,7 @@ Alerts are compared as (rule, state, device, tag, start, end) in seconds after T
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import apache_beam as beam
@@ -57,7 +58,10 @@ def _row(alert: Alert) -> tuple[object, ...]:
 
 
 def run(
-    readings_stream: test_stream.TestStream, letters: list[TimestampedValue], expected: list
+    readings_stream: test_stream.TestStream,
+    letters: list[TimestampedValue],
+    expected: list,
+    config: AnomalyConfig = CONFIG,
 ) -> None:
     options = PipelineOptions(["--streaming", "--runner=BundleBasedDirectRunner"])
     pipeline = beam.Pipeline(options=options)
@@ -68,7 +72,7 @@ def run(
         | "Stamp" >> beam.MapTuple(TimestampedValue)
     )
     # Readings stamped in 2026: arrival must not count (a clock at the epoch).
-    detect = DetectAnomalies(CONFIG, dead_letters=dead, clock=lambda: 0.0)
+    detect = DetectAnomalies(config, dead_letters=dead, clock=lambda: 0.0)
     rows = batches | detect | beam.Map(_row)
     assert_that(rows, equal_to(expected))
     pipeline.run().wait_until_finish()
@@ -123,4 +127,30 @@ def test_dead_letters_raise_invalid_data_which_clears_after_a_quiet_window() -> 
             ("device_silent", "cleared", "furnace", "", 19.0, 209.0),
             ("tag_silent", "cleared", "furnace", CROWN, 19.0, 200.0),
         ],
+    )
+
+
+def test_the_deadline_timer_forgets_a_silent_tag_which_is_learnt_afresh_when_it_returns() -> None:
+    config = dataclasses.replace(CONFIG, forget_after_seconds=300)
+    stream = (
+        test_stream.TestStream()
+        .advance_watermark_to(T0)
+        .add_elements([batch(readings(0, 40, 1570.0))])
+        .advance_watermark_to(T0 + 100)  # silent: the tag and its device
+        .advance_watermark_to(T0 + 400)  # forgotten at 39 + 300
+        # 40 degC above the old level: a step to the old statistics, too few
+        # readings (min_samples 20) to judge for the new tag.
+        .add_elements([batch(readings(500, 510, 1610.0))])
+        .advance_watermark_to_infinity()
+    )
+    run(
+        stream,
+        [],
+        [
+            ("tag_silent", "raised", "furnace", CROWN, 39.0, None),
+            ("device_silent", "raised", "furnace", "", 39.0, None),
+            ("tag_silent", "cleared", "furnace", CROWN, 39.0, 339.0),
+            ("device_silent", "cleared", "furnace", "", 39.0, 339.0),
+        ],
+        config,
     )

@@ -193,6 +193,28 @@ def test_a_batch_is_summarised_per_selected_tag_and_slice() -> None:
     }
 
 
+def test_the_tag_caches_stay_bounded_while_100000_tags_come_and_go() -> None:
+    config = FeaturesConfig(tags=("furnace.*",), expected_period_seconds={"furnace.*": 1.0})
+    selected: dict[str, bool] = {}
+    to_features = _StatsToFeatures(FeatureWindow("1m", 60), config)
+    to_features.setup()
+    pane = PaneInfo(True, False, PaneInfoTiming.ON_TIME, 0, 0)
+    one = WindowStats(1, 0, 1500.0, None, 1500.0, 1500.0, 1500.0, 1500.0, None)
+    counted = 0
+    for start in range(0, 100_000, 10_000):
+        tags = [f"furnace.t{i}" for i in range(start, start + 10_000)]
+        partials: dict = {}
+        batch = [Reading("opcua", "furnace", tag, T0, 1500.0, "good", "degC", {}) for tag in tags]
+        add_batch(batch, partials, 60_000_000, selected, config)
+        counted += len(partials)
+        for tag in tags:
+            key = ("opcua", "furnace", tag, "degC")
+            [feature] = to_features.process((key, one), pane, IntervalWindow(0, 60))
+            assert feature.completeness == 1 / 60
+    assert counted == 100_000
+    assert len(selected) <= 65_536 and len(to_features._expected) <= 65_536
+
+
 def test_merging_partials_is_the_same_as_one_pass() -> None:
     samples = [(T0 + i, 1500.0 + (i * 7) % 5, False) for i in range(10)]
     fn, merge = TagStatsFn(), MergeStatsFn()

@@ -30,6 +30,8 @@ from transforms.glass_features import (
     DeriveLineFeatures,
     HalfCycleTracker,
     LineFeaturesConfig,
+    _KeyByWindow,
+    _SelectCrown,
     derive_line_features,
 )
 from typed_config import ConfigError
@@ -803,3 +805,21 @@ def test_bad_quality_and_non_finite_readings_count_as_bad_samples() -> None:
             + (1500.0, 1500.0, None, 0.666666667, "1", 120.0)
         ],
     )
+
+
+def test_the_tag_selection_caches_stay_bounded_while_100000_tags_come_and_go() -> None:
+    select, key_by_window = _SelectCrown(CrownStabilityConfig()), _KeyByWindow(LineFeaturesConfig())
+    select.setup()
+    key_by_window.setup()
+    select.start_bundle()
+    for start in range(0, 100_000, 10_000):
+        tags = [f"furnace.t{i}" for i in range(start, start + 10_000)]
+        select.process([Reading("opcua", "furnace", t, T0, 1.0, "good", "", {}) for t in tags])
+        for tag in tags:
+            feature = Feature(
+                "opcua", "furnace", tag, "", "1m", T0, T0 + 60, 1, 1.0, None, 1.0, 1.0, 1.0, 1.0,
+                None, 0.0, None, 0, False, {},
+            )  # fmt: skip
+            assert list(key_by_window.process(feature)) == []
+    assert list(select.finish_bundle()) == []  # no crown tag among them
+    assert len(select._chosen) <= 65_536 and len(key_by_window._wanted) <= 65_536

@@ -171,6 +171,7 @@ def series(rule: ValidationRule, samples: list[tuple[float, float]]) -> list[str
                 "max_age_seconds": 0,
                 "duplicate_memory_samples": -1,
                 "max_tags": 0,
+                "forget_after_seconds": 0,
                 "contxt": [],
             },
             [
@@ -179,6 +180,7 @@ def series(rule: ValidationRule, samples: list[tuple[float, float]]) -> list[str
                 "validation.max_age_seconds: must be > 0, got 0",
                 "validation.duplicate_memory_samples: must be >= 0, got -1",
                 "validation.max_tags: must be >= 1, got 0",
+                "validation.forget_after_seconds: must be > 0, got 0",
             ],
         ),
     ],
@@ -207,6 +209,7 @@ def test_a_full_validation_section_loads_and_round_trips() -> None:
         "max_age_seconds": 86400,
         "duplicate_memory_samples": 8,
         "max_tags": 500,
+        "forget_after_seconds": 3600,
         "context": [
             {
                 "tag": "line.job_change",
@@ -260,6 +263,7 @@ def test_a_full_validation_section_loads_and_round_trips() -> None:
         max_age_seconds=86400,
         duplicate_memory_samples=8,
         max_tags=500,
+        forget_after_seconds=3600,
     )
     assert parse_config(json.loads(json.dumps(to_dict(config)))) == config
 
@@ -838,6 +842,62 @@ def test_the_oldest_tags_lose_their_history_beyond_max_tags() -> None:
         validator.check([reading(tag, 0, 1500.0)], NOW)
     assert verdict(validator, reading("t.a", 1, 1600.0)) == "ok"  # forgotten: first sample again
     assert verdict(validator, reading("t.c", 1, 1600.0)) == "rate_of_change"
+
+
+def test_a_tag_not_read_for_forget_after_seconds_loses_its_history() -> None:
+    config = ValidationConfig(rules={"t.*": CROWN}, forget_after_seconds=600)
+    validator = ReadingValidator(config)
+    validator.check([reading("t.quiet", 0, 1500.0), reading("t.busy", 0, 1500.0)], NOW)
+    assert validator.check([reading("t.busy", 1, 1500.0)], NOW + 599).forgotten == 0
+    # The clock is past the next look (every tenth of 600 s): t.quiet was
+    # last read 700 s ago, t.busy 101 s ago.
+    outcome = validator.check([reading("t.busy", 2, 1600.0)], NOW + 700)
+    assert (outcome.forgotten, [d.reason for d in outcome.dead_letters]) == (1, ["rate_of_change"])
+    assert validator.check([reading("t.quiet", 2, 1600.0)], NOW + 700).valid  # a first sample
+
+
+def test_a_device_with_no_tag_left_forgets_its_context_samples() -> None:
+    side = "furnace.firing_side"
+    config = ValidationConfig(
+        rules={"t.*": CROWN},
+        context=(ContextRule(side, ("t.*",), after_seconds=90),),
+        forget_after_seconds=600,
+    )
+    validator = ReadingValidator(config)
+    validator.check([reading(side, 0, 0.0)], NOW)
+    validator.check([reading("t.x", 1, 1500.0, device="other")], NOW + 700)
+    # The side changed while the device was forgotten: no known previous
+    # side, so no reversal window; the rate rule judges the jump.
+    validator.check([reading(side, 800, 1.0), reading("t.x", 800, 1500.0)], NOW + 800)
+    outcome = validator.check([reading("t.x", 801, 1600.0)], NOW + 801)
+    assert [d.reason for d in outcome.dead_letters] == ["rate_of_change"]
+
+
+def test_validation_state_stays_bounded_while_100000_tags_come_and_go() -> None:
+    # Every minute 1,000 new tags on a new device are read twice and retire.
+    config = ValidationConfig(rules={"t.*": CROWN}, forget_after_seconds=600)
+    validator = ReadingValidator(config)
+    sizes = []
+    forgotten = 0
+    for minute in range(101):
+        batch = []
+        for generation in (minute - 1, minute):
+            if 0 <= generation < 100:
+                batch += [
+                    reading(f"t.{generation}_{i}", 60 * minute, 1500.0, device=f"plc{generation}")
+                    for i in range(1_000)
+                ]
+        outcome = validator.check(batch, T0 + 60 * minute)
+        forgotten += outcome.forgotten
+        assert len(outcome.valid) == len(batch)
+        devices = validator._devices
+        sizes.append((sum(len(tags) for tags in devices.values()), len(devices)))
+    # Last read at minute g + 1, generation g is forgotten by the look at
+    # minute g + 12 (it looks every minute): generations m - 11 to m are kept.
+    assert set(sizes[11:100]) == {(12_000, 12)} == {max(sizes)}
+    assert sizes[-1] == (11_000, 11)
+    assert forgotten == 89_000
+    assert validator._tag_count == 11_000
 
 
 def test_transforms_sharing_a_state_share_context_windows() -> None:

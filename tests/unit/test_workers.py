@@ -141,7 +141,8 @@ def test_status_lists_every_workers_sources_and_names_a_silent_worker() -> None:
     assert [w["sources"] for w in merged["workers"]] == [["iot_a", "furnace"], ["iot_b", "fh_bus"]]
     assert [t["tag"] for t in merged["tags"]] == ["furnace.crown_temp_z1"]
     assert merged["ready"] is False
-    assert "worker 2/2: kafka: not checked yet" in merged["reasons"]
+    # Neither job runs: both workers' reasons, each named by its worker.
+    assert {reason.split(": ")[0] for reason in merged["reasons"]} == {"worker 1/2", "worker 2/2"}
     text = format_status(merged).splitlines()
     assert "worker 2 (pid None, not started, restarts 0): iot_b, fh_bus" in text
 
