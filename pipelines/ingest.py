@@ -12,7 +12,9 @@ DeriveLineFeatures) and CrownStability -> Kafka (`kafka.topics.features`),
 and, with every source's validation dead letters, to DetectAnomalies -> Kafka
 (`kafka.topics.alerts`): a glass feature may take its gas flow from an OPC UA
 server and its pull from an MQTT sensor. Readings travel as batches
-(`list[Reading]`).
+(`list[Reading]`); each source's batches are summarised in the source's own
+stage (partial statistics, shard splits) and only the summaries merge
+(`transforms.fan_in`).
 
 Example::
 
@@ -79,13 +81,15 @@ def build_ingest(pipeline: beam.Pipeline, config: DataIngestionConfig) -> None:
             inspections.append(outputs[INSPECTIONS])
     # Behind a shuffle: not covered by the sources' commits (see
     # transforms.features and transforms.anomaly); features can be recomputed
-    # from the readings topic.
-    all_valid = _merge(valid, "AllValidReadings")
+    # from the readings topic. Each source's batches go in separately: the
+    # transforms shrink them in the source's own stage before they merge
+    # (transforms.fan_in), rather than every reading crossing the runner.
+    all_valid = tuple(valid)
     if config.features.enabled:
         _add_features(all_valid, config)
     if config.anomaly.enabled:
         alerts = all_valid | "Anomalies" >> DetectAnomalies(
-            config.anomaly, dead_letters=_merge(invalid, "AllInvalidReadings")
+            config.anomaly, dead_letters=tuple(invalid)
         )
         alerts | "WriteAlerts" >> WriteToKafka(config.kafka, topic=config.kafka.topics.alerts)
     if inspections and config.features.enabled:
@@ -174,7 +178,7 @@ def _add_reject_statistics(inspections: beam.PCollection, config: DataIngestionC
     stats[REJECT_ALERTS] | "WriteBadMoulds" >> WriteToKafka(kafka, topic=kafka.topics.alerts)
 
 
-def _add_features(valid: beam.PCollection, config: DataIngestionConfig) -> None:
+def _add_features(valid: tuple[beam.PCollection, ...], config: DataIngestionConfig) -> None:
     settings = config.features
     features = valid | "Features" >> ComputeFeatures(settings)
     crown = valid | "CrownStability" >> CrownStability(settings.crown_stability)

@@ -103,6 +103,7 @@ from records import (
     parse_ts,
 )
 from transforms.anomaly_config import AnomalyConfig, AnomalyRule
+from transforms.fan_in import Inputs, per_input
 from transforms.sharding import shard_of
 from transforms.validation import CONTEXT_KEY, FROZEN_FLAG
 
@@ -906,12 +907,14 @@ class _DetectDoFn(beam.DoFn):
 class DetectAnomalies(beam.PTransform):
     """Reading batches (and optionally dead letters) -> `Alert`s.
 
-    Apply to the valid batches; pass validation's dead letters as
+    Apply to the valid batches (one PCollection, or a tuple of them, one per
+    source: see `transforms.fan_in`); pass validation's dead letters as
     `dead_letters` for the `invalid_data` detector.
 
     Args:
         config: the `anomaly` section; see `transforms.anomaly_config`.
-        dead_letters: validation's `DEAD_LETTER` output, or None.
+        dead_letters: validation's `DEAD_LETTER` output (or a tuple of them,
+            one per source), or None.
         clock: seconds since the epoch, read once per batch as its arrival
             time for the silence rules (default `time.time`; tests whose
             readings are stamped in a simulated past pass `lambda: 0.0`).
@@ -920,7 +923,7 @@ class DetectAnomalies(beam.PTransform):
     def __init__(
         self,
         config: AnomalyConfig,
-        dead_letters: beam.PCollection | None = None,
+        dead_letters: Inputs | None = None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -932,14 +935,22 @@ class DetectAnomalies(beam.PTransform):
         self._dead_letters = dead_letters
         self._clock = clock
 
-    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+    def expand(self, batches: Inputs) -> beam.PCollection:
         # Typed, so that the stateful step gets a deterministic key coder.
-        keyed = batches | "SplitByShard" >> beam.FlatMap(_split, self._clock).with_output_types(
-            _Keyed
+        keyed = per_input(
+            batches,
+            "Sharded",
+            lambda pcollection, suffix: pcollection
+            | f"SplitByShard{suffix}"
+            >> beam.FlatMap(_split, self._clock).with_output_types(_Keyed),
         )
         if self._dead_letters is not None:
-            rejected = self._dead_letters | "Rejections" >> beam.FlatMap(
-                _split_rejections
-            ).with_output_types(_Keyed)
+            rejected = per_input(
+                self._dead_letters,
+                "AllRejections",
+                lambda pcollection, suffix: pcollection
+                | f"Rejections{suffix}"
+                >> beam.FlatMap(_split_rejections).with_output_types(_Keyed),
+            )
             keyed = (keyed, rejected) | "Merge" >> beam.Flatten()
         return keyed | "Detect" >> beam.ParDo(_DetectDoFn(self._config))

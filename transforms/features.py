@@ -62,7 +62,7 @@ Example::
 """
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple, Optional
 
 import apache_beam as beam
@@ -72,6 +72,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from records import Feature, Quality, Reading
+from transforms.fan_in import Inputs, per_input
 from transforms.features_config import FeaturesConfig, FeatureWindow
 from transforms.sharding import shard_of
 
@@ -472,6 +473,9 @@ def _window_fn(spec: FeatureWindow) -> window.WindowFn:
 class ComputeFeatures(beam.PTransform):
     """Reading batches -> `Feature`s per tag, configured window and pane.
 
+    Apply to one PCollection of batches, or to a tuple of them (one per
+    source): each is summarised in its own stage (`transforms.fan_in`).
+
     Args:
         config: the `features` section (windows, lateness, tags, expected
             periods); see `transforms.features_config`.
@@ -484,7 +488,7 @@ class ComputeFeatures(beam.PTransform):
             raise ValueError("ComputeFeatures: " + "; ".join(errors))
         self._config = config
 
-    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+    def expand(self, batches: Inputs) -> beam.PCollection:
         per_window = [
             stats
             | f"Shard[{spec.name}]"
@@ -513,7 +517,7 @@ class WindowFeatures(beam.PTransform):
             raise ValueError("WindowFeatures: " + "; ".join(errors))
         self._config = config
 
-    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+    def expand(self, batches: Inputs) -> beam.PCollection:
         per_window = [
             stats | f"ToFeatures[{spec.name}]" >> beam.ParDo(_StatsToFeatures(spec, self._config))
             for spec, stats in _window_stats(batches, self._config)
@@ -524,14 +528,21 @@ class WindowFeatures(beam.PTransform):
 
 
 def _window_stats(
-    batches: beam.PCollection, config: FeaturesConfig
+    batches: Inputs, config: FeaturesConfig
 ) -> list[tuple[FeatureWindow, beam.PCollection]]:
     """(window spec, combined `(Key, WindowStats)` panes) for each configured window."""
+
+    def pre_aggregate(period: float) -> Callable[[beam.PCollection, str], beam.PCollection]:
+        def step(pcollection: beam.PCollection, suffix: str) -> beam.PCollection:
+            return pcollection | f"PreAggregate[{period:g}s]{suffix}" >> beam.ParDo(
+                _PreAggregateDoFn(config, period)
+            ).with_output_types(tuple[Key, list[Any]])
+
+        return step
+
     # Windows that share a period share the partial statistics of its slices.
     partials = {
-        period: batches
-        | f"PreAggregate[{period:g}s]"
-        >> beam.ParDo(_PreAggregateDoFn(config, period)).with_output_types(tuple[Key, list[Any]])
+        period: per_input(batches, f"Partials[{period:g}s]", pre_aggregate(period))
         for period in sorted({spec.period for spec in config.windows})
     }
     # Later data is dropped by the runner. (A timer closing each window

@@ -117,6 +117,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from records import Feature, Quality, Reading
+from transforms.fan_in import Inputs, per_input
 from transforms.features import TagStatsFn
 from transforms.glass_features_config import (
     SECTION,
@@ -625,13 +626,18 @@ class CrownStability(beam.PTransform):
             raise ValueError("CrownStability: " + "; ".join(errors))
         self._config = config
 
-    def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        return (
-            batches
-            | "Global" >> beam.WindowInto(window.GlobalWindows())
-            | "Select"
-            >> beam.ParDo(_SelectCrown(self._config)).with_output_types(
-                tuple[str, list[CrownSample]]
+    def expand(self, batches: Inputs) -> beam.PCollection:
+        def select(pcollection: beam.PCollection, suffix: str) -> beam.PCollection:
+            return (
+                pcollection
+                | f"Global{suffix}" >> beam.WindowInto(window.GlobalWindows())
+                | f"Select{suffix}"
+                >> beam.ParDo(_SelectCrown(self._config)).with_output_types(
+                    tuple[str, list[CrownSample]]
+                )
             )
-            | "HalfCycles" >> beam.ParDo(_HalfCycles(self._config)).with_output_types(Feature)
+
+        samples = per_input(batches, "Samples", select)
+        return samples | "HalfCycles" >> beam.ParDo(_HalfCycles(self._config)).with_output_types(
+            Feature
         )
