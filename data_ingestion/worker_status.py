@@ -29,7 +29,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from data_ingestion.access import Action, masked_config, route
 from data_ingestion.monitoring import MonitorServer, server_tls, static_page
@@ -37,8 +37,6 @@ from pipelines.config import DataIngestionConfig
 
 if TYPE_CHECKING:
     import http.server
-
-    from data_ingestion.workers import Worker
 
 __all__ = ["WorkerFront", "merge_metrics", "merge_status"]
 
@@ -48,6 +46,25 @@ _ASK_TIMEOUT_SECONDS = 5.0
 _PASSED_HEADERS = ("Authorization", "Content-Type")
 _KEPT_HEADERS = ("content-type", "www-authenticate")
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?( .*)$")
+
+
+class Worker(Protocol):
+    """What the front needs of a worker (`data_ingestion.workers.Worker`)."""
+
+    index: int
+    restarts: int
+    sources: list[str]
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def state(self) -> str: ...
 
 
 class Answer(NamedTuple):
