@@ -118,8 +118,10 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     _configure_logging(args, system.config)
     # Secrets are masked: the repr leaves them out, the log masks what is left.
     _LOGGER.debug("effective config: %r", system.config)
-    if args.workers > 1:
-        return _run_workers(args, system.config, overrides, beam_args)
+    assert system.config is not None
+    workers = args.workers or system.config.pipeline.workers
+    if workers > 1 and args.worker is None:
+        return _run_workers(args, system.config, workers, overrides, beam_args)
     stop = _stop_on_signals()
     from connectors.kafka import KafkaSecurityError
 
@@ -132,18 +134,20 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _run_workers(
-    args: argparse.Namespace, config: Any, overrides: dict[str, Any], beam_args: list[str]
+    args: argparse.Namespace,
+    config: Any,
+    workers: int,
+    overrides: dict[str, Any],
+    beam_args: list[str],
 ) -> int:
     from data_ingestion.workers import run_workers
 
-    if config.pipeline.runner == "FlinkRunner" or args.worker is not None:
-        raise SystemExit(
-            "--workers: Prism only, and not with --worker (on Flink, use --parallelism)"
-        )
+    if config.pipeline.runner == "FlinkRunner":
+        raise SystemExit("--workers: Prism only (on Flink, use --parallelism)")
     log_args = [f"--log-level={args.log_level}"] if args.log_level else []
     log_args += [f"--log-format={args.log_format}"] if args.log_format else []
     return run_workers(
-        config, args.config, args.workers,
+        config, args.config, workers,
         overrides=overrides, beam_args=beam_args, log_args=log_args, stop=_stop_on_signals(),
     )  # fmt: skip
 
@@ -270,9 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--workers",
         type=_positive_int,
-        default=1,
         metavar="N",
-        help="N pipeline processes, each with a share of the sources (default 1; Prism)",
+        help="N pipeline processes, each with a share of the sources "
+        "(default: pipeline.workers, 1; Prism)",
     )
     # Set by `--workers` for the processes it starts.
     run.add_argument("--worker", metavar="I/N", help=argparse.SUPPRESS)

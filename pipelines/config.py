@@ -81,6 +81,9 @@ class PipelineSection:
     # empty resume): the added delay of the first reading after a quiet spell.
     # At or below poll_interval_seconds: no backoff.
     idle_poll_max_seconds: float = _DEFAULT_IDLE_POLL_MAX_SECONDS
+    # Pipeline processes on Prism, each with a share of the sources
+    # (`data_ingestion.workers`); `run --workers N` beats it.
+    workers: int = 1
 
     def validate(self, path: str) -> list[str]:
         errors = check_name(join_path(path, "name"), self.name)
@@ -97,6 +100,12 @@ class PipelineSection:
         errors += check_range(
             join_path(path, "idle_poll_max_seconds"), self.idle_poll_max_seconds, above=0
         )
+        errors += check_range(join_path(path, "workers"), self.workers, 1)
+        if self.workers > 1 and self.runner == "FlinkRunner":
+            errors.append(
+                f"{join_path(path, 'workers')}: {self.workers} workers are for Prism; "
+                "on Flink set --parallelism instead (or workers 1)"
+            )
         return errors
 
 

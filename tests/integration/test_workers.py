@@ -1,4 +1,4 @@
-"""`run --workers 2`: two pipeline processes, one status, and nothing lost when one is killed.
+"""`pipeline.workers: 2`: two pipeline processes, one status, and nothing lost when one is killed.
 
 Two MQTT sources on two topic trees of a private Mosquitto, one per worker;
 every valid reading is keyed by (tag, ts) and read back from Kafka.
@@ -75,10 +75,9 @@ def workers(tmp_path: Path, kafka_bootstrap: str, private_mosquitto: Any) -> Any
     ]
     port = free_port()
     config["monitoring"] = {"http_port": port}
+    config["pipeline"]["workers"] = 2  # as `run --workers 2` would
     config_path.write_text(json.dumps(config))
-    process = CliProcess(
-        ["run", "--config", str(config_path), "--workers", "2"], tmp_path / "workers.log"
-    )
+    process = CliProcess(["run", "--config", str(config_path)], tmp_path / "workers.log")
     readings = TopicReader(kafka_bootstrap, topics["readings"])
     dead_letters = TopicReader(kafka_bootstrap, topics["dead_letter"])
     yield process, f"http://127.0.0.1:{port}", readings, dead_letters, private_mosquitto

@@ -10,6 +10,7 @@ from data_ingestion.status import format_status
 from data_ingestion.worker_status import merge_metrics, merge_status
 from data_ingestion.workers import Worker, parse_worker, share_of, worker_config
 from pipelines.config import DataIngestionConfig, parse_config, to_dict
+from typed_config import ConfigError
 
 
 def _config(**extra: object) -> DataIngestionConfig:
@@ -149,3 +150,16 @@ def test_status_lists_every_workers_sources_and_names_a_silent_worker() -> None:
     half = merge_status([(workers[0], one), (workers[1], None)])
     assert [s["name"] for s in half["sources"]] == ["iot_a", "furnace"]
     assert half["reasons"][0] == "worker 2/2: not answering (not started)"
+
+
+def test_pipeline_workers_is_checked_with_the_runner() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"pipeline": {"workers": 0}})
+    assert raised.value.errors == ["pipeline.workers: must be >= 1, got 0"]
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"pipeline": {"workers": 2, "runner": "FlinkRunner"}})
+    assert raised.value.errors == [
+        "pipeline.workers: 2 workers are for Prism; on Flink set --parallelism instead "
+        "(or workers 1)"
+    ]
+    assert parse_config({"pipeline": {"workers": 2}}).pipeline.workers == 2
