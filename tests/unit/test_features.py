@@ -21,11 +21,14 @@ from transforms.features import (
     TagStatsFn,
     WindowProgress,
     WindowStats,
+    _MergeShardPartialsFn,
+    _PreAggregateDoFn,
     _StatsToFeatures,
     add_batch,
     next_pane,
 )
 from transforms.features_config import FeaturesConfig, FeatureWindow
+from transforms.sharding import STATE_SHARDS, shard_of
 from typed_config import ConfigError
 
 T0 = 1_795_802_400.0  # 2026-11-27T18:00:00Z: epoch seconds large enough to break naive sums
@@ -345,3 +348,28 @@ def test_an_empty_pane_gives_no_feature() -> None:
     assert list(to_features.process((key, empty), pane, window)) == []
     [feature] = to_features.process((key, full), pane, window)
     assert feature.count == 2
+
+
+def test_a_bundle_goes_on_as_one_element_per_shard_of_tags_and_slice() -> None:
+    config = FeaturesConfig(tags=("furnace.*",))
+    fn = _PreAggregateDoFn(config, 60.0)
+    fn.setup()
+    fn.start_bundle()
+    tags = [f"furnace.t{i}" for i in range(1_000)]
+    fn.process(
+        [Reading("opcua", "furnace", tag, T0 + 1, 1500.0, "good", "degC", {}) for tag in tags]
+    )
+    fn.process(
+        [Reading("opcua", "furnace", tag, T0 + 2, 1502.0, "good", "degC", {}) for tag in tags]
+    )
+    out = list(fn.finish_bundle())
+    # 1,000 tags in one slice: at most one element per shard, not one per tag.
+    assert len(out) <= STATE_SHARDS
+    shards = [value.value for value in out]
+    assert sorted(key[2] for _, partials in shards for key in partials) == sorted(tags)
+    assert all(shard_of(key[2]) == shard for shard, partials in shards for key in partials)
+    # Merged per shard across bundles, each tag's statistics are those of all its samples.
+    merge = _MergeShardPartialsFn()
+    merged = merge.merge_accumulators([merge.add_input({}, p) for _, p in shards] * 2)
+    stats = TagStatsFn().extract_output(merged[("opcua", "furnace", "furnace.t7", "degC")])
+    assert (stats.count, stats.mean) == (4, 1501.0)
