@@ -1,22 +1,40 @@
 """Small tools shared by the benchmarks: CPU time of a process group and of
 the machine, the machine's description, percentiles, child processes that die
-with the benchmark, and a topic's record count from its end offsets."""
+with the benchmark, and a topic's record count from its end offsets; a
+process's tree of descendants, a least-squares slope, an MQTT publisher that
+keeps a schedule of rates (`PublishPlan`, `ScheduledPublisher`) and a reader
+of a whole topic (`read_topic`)."""
 
 from __future__ import annotations
 
+import array
+import collections
 import contextlib
 import ctypes
+import dataclasses
+import math
+import multiprocessing
 import os
 import platform
 import signal
 import statistics
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from multiprocessing.queues import Queue
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
+import orjson
+import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer, TopicPartition
+from paho.mqtt.enums import CallbackAPIVersion
 
 from data_ingestion import stack
+from data_ingestion.testing import publish, wait_until
 
 __all__ = [
     "group_cpu_seconds",
@@ -33,6 +51,13 @@ __all__ = [
     "child_pids",
     "rss_bytes",
     "load_average",
+    "private_mosquitto",
+    "pid_tree",
+    "least_squares_slope",
+    "PublishPlan",
+    "ScheduledPublisher",
+    "read_topic",
+    "warmed_up",
 ]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -217,3 +242,311 @@ def private_mosquitto(folder: Path) -> Iterator[tuple[int, int]]:
     finally:
         broker.terminate()
         broker.wait()
+
+
+def pid_tree(pid: int) -> dict[int, str]:
+    """Process `pid` and every live descendant of it (children, their children...),
+    with their command names: a pipeline's launcher, its Prism and whatever they start."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(entry.name)
+            if fields is not None:
+                parents[int(entry.name)] = int(fields[1])
+    tree = [pid] if pid in parents else []
+    for member in tree:  # grows while it is walked: breadth first
+        tree.extend(child for child, parent in parents.items() if parent == member)
+    names: dict[int, str] = {}
+    for member in tree:
+        try:
+            names[member] = Path(f"/proc/{member}/comm").read_text().strip()
+        except OSError:
+            continue
+    return names
+
+
+def least_squares_slope(xs: list[float], ys: list[float]) -> float:
+    """The slope of the least-squares line through the points (`ys` per unit of `xs`);
+    NaN for fewer than two distinct `xs`."""
+    if len(xs) < 2:
+        return float("nan")
+    x_mean, y_mean = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - x_mean) ** 2 for x in xs)
+    if spread == 0:
+        return float("nan")
+    return sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys, strict=True)) / spread
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishPlan:
+    """What a `ScheduledPublisher` sends: phases of steady rates, one after the other.
+
+    Message `i` carries `readings_per_message` readings of tag group `i % groups`
+    (`groups = tags / readings_per_message`), all stamped with the message's
+    *scheduled* send time in epoch milliseconds, not the clock: a publisher that
+    falls behind and catches up would otherwise give a tag two readings in one
+    millisecond, and validation drops the second as a duplicate. So each tag's
+    readings are `groups / messages_per_second` apart, at least 2 ms (checked).
+
+    `churn_share` of the tags (0-1) are renamed every `churn_every_seconds`, a
+    different slice each time (`bench.tag_00042` -> `bench.tag_00042.r1` ...):
+    new tags appear and old ones fall silent, as in a plant over months, so a
+    pipeline's per-tag state must be bounded to stay flat.
+    """
+
+    topic: str
+    phases: tuple[tuple[float, float], ...]  # (seconds, readings per second)
+    readings_per_message: int = 20
+    tags: int = 1000
+    churn_share: float = 0.0
+    churn_every_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.readings_per_message < 1 or self.tags % self.readings_per_message:
+            raise ValueError(
+                f"tags {self.tags} must be a multiple of readings_per_message "
+                f"{self.readings_per_message}"
+            )
+        if not 0 <= self.churn_share <= 1 or self.churn_every_seconds <= 0:
+            raise ValueError(
+                f"churn_share must be 0-1 and churn_every_seconds > 0, got "
+                f"{self.churn_share} and {self.churn_every_seconds}"
+            )
+        fastest = max(rate for _, rate in self.phases) / self.readings_per_message
+        if self.groups / fastest < 0.002:
+            raise ValueError(
+                f"{self.tags} tags at {fastest:,.0f} messages/s give a tag a reading every "
+                f"{self.groups / fastest * 1000:.2f} ms; timestamps need >= 2 ms (raise tags)"
+            )
+
+    @property
+    def groups(self) -> int:
+        return self.tags // self.readings_per_message
+
+    @property
+    def seconds(self) -> float:
+        return sum(seconds for seconds, _ in self.phases)
+
+    def phase_messages(self) -> list[int]:
+        return [round(s * r / self.readings_per_message) for s, r in self.phases]
+
+    @property
+    def readings(self) -> int:
+        return sum(self.phase_messages()) * self.readings_per_message
+
+    def message_offsets(self) -> Iterator[float]:
+        """Each message's scheduled send time, seconds from the start, in order."""
+        start = 0.0
+        for (seconds, rate), count in zip(self.phases, self.phase_messages(), strict=True):
+            per_second = rate / self.readings_per_message
+            for index in range(count):
+                yield start + index / per_second
+            start += seconds
+
+    def tag_names(self, offset: float) -> list[str]:
+        """Every tag slot's name at `offset` seconds from the start."""
+        renamed = [0] * self.tags
+        share = round(self.churn_share * self.tags)
+        for generation in range(int(offset // self.churn_every_seconds) if share else 0):
+            first = generation * share
+            for slot in range(first, first + share):
+                renamed[slot % self.tags] += 1
+        return [
+            f"bench.tag_{slot:05d}" + (f".r{count}" if count else "")
+            for slot, count in enumerate(renamed)
+        ]
+
+    def payload(self, index: int, offset: float, wall_start: float, names: list[str]) -> bytes:
+        """Message `index`'s JSON, sent `offset` seconds after `wall_start` (epoch)."""
+        ts_ms = int((wall_start + offset) * 1000)
+        group = index % self.groups
+        sample = index // self.groups  # this tag group's sample number
+        first = group * self.readings_per_message
+        value = 100.0 + 5.0 * math.sin(sample / 50.0)
+        if self.readings_per_message == 1:
+            return orjson.dumps({"tag": names[first], "value": value + first % 50, "ts": ts_ms})
+        values = {
+            names[slot]: value + slot % 50
+            for slot in range(first, first + self.readings_per_message)
+        }
+        return orjson.dumps({"ts": ts_ms, "values": values})
+
+
+def _publish_plan(
+    plan: PublishPlan, port: int, sent: Synchronized, stop: Event, result: Queue
+) -> None:
+    """In a child process: publish `plan` at QoS 1 on schedule, then report."""
+    die_with_parent()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:8]}")
+    # No in-flight limit: with one, paho rescans its whole queue at every
+    # acknowledgement, and a publisher behind schedule falls further behind.
+    client.max_inflight_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    lags = array.array("d")
+    waiting: collections.deque[tuple[int, mqtt.MQTTMessageInfo]] = collections.deque()
+    mono_start, wall_start = time.monotonic() + 0.5, time.time() + 0.5
+    generation, names = -1, plan.tag_names(0.0)
+    count = 0
+    try:
+        for index, offset in enumerate(plan.message_offsets()):
+            delay = mono_start + offset - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if plan.churn_share and int(offset // plan.churn_every_seconds) != generation:
+                generation = int(offset // plan.churn_every_seconds)
+                names = plan.tag_names(offset)
+            payload = plan.payload(index, offset, wall_start, names)
+            info = client.publish(plan.topic, payload, qos=1)
+            while info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                # MQTT has 65,535 packet ids: this one still waits for its ack.
+                time.sleep(0.001)
+                info = client.publish(plan.topic, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise RuntimeError(f"publisher: {mqtt.error_string(info.rc)} at message {index}")
+            waiting.append((index, info))
+            lags.append(time.monotonic() - mono_start - offset)
+            count = index + 1
+            if count % 100 == 0:
+                sent.value = count * plan.readings_per_message
+                while waiting and waiting[0][1].is_published():
+                    waiting.popleft()
+                if stop.is_set():
+                    break
+        sent.value = count * plan.readings_per_message
+        # Stopping the network loop with messages still queued would drop them.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            waiting = collections.deque(item for item in waiting if not item[1].is_published())
+            if not waiting:
+                break
+            time.sleep(0.5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    phases = []
+    start = 0
+    for messages in plan.phase_messages():
+        phase = list(lags[start : start + messages])
+        start += messages
+        phases.append(
+            {
+                "lag_p50_ms": percentile(phase, 0.5) * 1000,
+                "lag_p99_ms": percentile(phase, 0.99) * 1000,
+                "lag_max_ms": max(phase, default=float("nan")) * 1000,
+            }
+        )
+    unacknowledged = [index for index, info in waiting if not info.is_published()]
+    result.put(
+        {
+            "wall_start": wall_start,
+            "messages": count,
+            "readings": count * plan.readings_per_message,
+            "acknowledged_messages": count - len(unacknowledged),
+            "unacknowledged_indices": unacknowledged,
+            "publisher_lag_by_phase": phases,
+        }
+    )
+
+
+class ScheduledPublisher:
+    """`plan` published from a child process (QoS 1) to the Mosquitto on `port`.
+
+    Its lag (send time minus scheduled time, by phase) says whether the publisher,
+    not the pipeline, fell behind. `sent` is the readings handed to paho so far;
+    `wait()` returns the report once the broker acknowledged every message, or
+    120 s after the last was sent (`unacknowledged_indices`: those it did not:
+    never in the broker, so no loss of the pipeline's)."""
+
+    def __init__(self, plan: PublishPlan, port: int) -> None:
+        self.plan = plan
+        self._sent: Synchronized = multiprocessing.Value("q", 0)
+        self._stop = multiprocessing.Event()
+        self._result: Queue = multiprocessing.Queue()
+        self._process = multiprocessing.Process(
+            target=_publish_plan, args=(plan, port, self._sent, self._stop, self._result)
+        )
+
+    def start(self) -> ScheduledPublisher:
+        self._process.start()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def sent(self) -> int:
+        return int(self._sent.value)
+
+    def done(self) -> bool:
+        """True once the child has ended (its report is waiting for `wait`)."""
+        return self._process.pid is not None and not self._process.is_alive()
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        report: dict[str, Any] = self._result.get(timeout=timeout)
+        self._process.join(timeout=30)
+        return report
+
+    def stop(self) -> None:
+        """Ends it early (idempotent): the report says how much was sent."""
+        self._stop.set()
+        if self._process.pid is None:  # never started
+            return
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+def read_topic(
+    bootstrap: str, topic: str, on_batch: Callable[[list[Any]], None], *, timeout: float = 600
+) -> int:
+    """Reads `topic` from the beginning to its end now with confluent-kafka, handing
+    each batch of `confluent_kafka.Message`s (no decoding) to `on_batch`; returns
+    the number of records."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer
+    from confluent_kafka import TopicPartition as Partition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(Partition(topic, p), timeout=30)[1]
+                for p in partitions}  # fmt: skip
+        consumer.assign([Partition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        remaining = {p for p, end in ends.items() if end > 0}
+        count = 0
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            batch = [m for m in consumer.consume(10_000, timeout=1.0) if m.error() is None]
+            if batch:
+                on_batch(batch)
+                count += len(batch)
+            for message in batch:
+                if (message.offset() or 0) + 1 >= ends[message.partition()]:
+                    remaining.discard(message.partition())
+        return count
+    finally:
+        consumer.close()
+
+
+def warmed_up(process: Any, port: int, root: str, delivered: Callable[[], int]) -> int:
+    """Waits until the pipeline's MQTT source `iot` is connected and one reading (on
+    `root/warmup`) went end to end: topics, producer and every stage are up. Returns
+    the records delivered so far, which the measurement then leaves out."""
+    wait_until(
+        lambda: "mqtt[iot]: connected to" in process.log_tail(400),
+        timeout=180,
+        describe=process.log_tail,
+    )
+    warm = {"tag": "bench.warmup", "value": 1.0, "ts": int(time.time() * 1000)}
+    publish(port, [(f"{root}/warmup", orjson.dumps(warm))])
+    wait_until(lambda: delivered() > 0, timeout=120, describe=process.log_tail)
+    return delivered()
