@@ -192,6 +192,7 @@ def soak(
     warmup_seconds: float,
     json_path: Path | None,
     header: dict[str, Any],
+    forget_after_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Runs the pipeline through `plan`, sampling its processes; see the module docstring."""
     workdir.mkdir(parents=True)
@@ -204,6 +205,10 @@ def soak(
     if not features:
         config.setdefault("features", {})["enabled"] = False
         config.setdefault("anomaly", {})["enabled"] = False
+    if forget_after_seconds is not None:
+        # Retired tags leave the state within the hour, not after the default day.
+        for section in ("anomaly", "validation"):
+            config.setdefault(section, {})["forget_after_seconds"] = forget_after_seconds
     config_path.write_text(json.dumps(config, indent=2))
     plan = dataclasses.replace(plan, topic=f"{root}/data")
     results: dict[str, Any] = {**header, "topics": topics, "samples": []}
@@ -355,6 +360,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--features", choices=["on", "off"], default="on",
         help="features and anomaly detection (on: the production config)",
     )  # fmt: skip
+    parser.add_argument(
+        "--forget-after-seconds", type=float,
+        help="anomaly and validation forget_after_seconds (default: the config's, a day)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here (every sample)")
     args = parser.parse_args(argv)
 
@@ -379,6 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "churn_minutes": args.churn_minutes,
         "warmup_minutes": args.warmup_minutes,
         "features_and_anomaly": args.features,
+        "forget_after_seconds": args.forget_after_seconds,
         "kafka_client": "confluent-kafka",
         "prism": str(prism),
     }
@@ -390,6 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 workdir / "pipeline", kafka=kafka, port=port, prism=prism, plan=plan,
                 features=args.features == "on", sample_seconds=args.sample_seconds,
                 warmup_seconds=args.warmup_minutes * 60, json_path=args.json, header=header,
+                forget_after_seconds=args.forget_after_seconds,
             )  # fmt: skip
     _print_summary(results)
     return results
