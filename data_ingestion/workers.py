@@ -308,11 +308,13 @@ def run_workers(
     for index in range(1, count + 1):
         share = share_of(config, index, count)
         names = [source.name for _, _, source in share.declared()]
-        workers.append(Worker(index, count, command, names, free_port()))
-    if len(config.sources.declared()) < count:
+        if names:
+            workers.append(Worker(index, count, command, names, free_port()))
+    if len(workers) < count:
+        # A pipeline without sources does not start: fewer workers, not idle ones.
         _LOGGER.warning(
-            "%d workers for %d sources: %d of them have nothing to read",
-            count, len(config.sources.declared()), count - len(config.sources.declared()),
+            "%d workers asked for %d sources (kept together where they feed one feature): "
+            "running %d", count, len(config.sources.declared()), len(workers),
         )  # fmt: skip
     front = WorkerFront(config, workers) if config.monitoring.enabled else None
     if front is not None:
