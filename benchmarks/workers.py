@@ -74,10 +74,6 @@ def _config(workdir: Path, kafka: str, port: int, features: bool) -> tuple[Path,
     return path, topics["readings"]
 
 
-def _cpu(pids: list[int]) -> float:
-    return sum(pid_cpu_seconds(pid) for pid in pids)
-
-
 def drain(
     workdir: Path, kafka: str, port: int, prism: Path, workers: int, messages: int, features: bool
 ) -> dict[str, Any]:
@@ -106,21 +102,19 @@ def drain(
         # From the moment every source is connected: workers start a few seconds
         # apart, and the first one's head start is not the drain rate.
         wait_until(lambda: connected(2), timeout=240, step=lambda: time.sleep(0.05))
-        pids = list(pid_tree(process.process.pid))
+        names = pid_tree(process.process.pid)
         started, first = time.perf_counter(), end()
-        cpu_start = _cpu(pids)
-        per_process = {pid: pid_cpu_seconds(pid) for pid in pids}
+        cpu_start = {pid: pid_cpu_seconds(pid) for pid in names}
         rss = 0
         while (count := end()) < expected:
             assert time.perf_counter() - started < 900, f"{count} of {expected} after 900 s"
-            rss = max(rss, sum(rss_bytes(pid) for pid in pids))
+            rss = max(rss, sum(rss_bytes(pid) for pid in names))
             time.sleep(0.2)
         elapsed = time.perf_counter() - started
-        cpu = _cpu(pids) - cpu_start
+        used = {pid: pid_cpu_seconds(pid) - at for pid, at in cpu_start.items()}
+        cpu = sum(used.values())
         cores = {
-            f"{name} {pid}": round((pid_cpu_seconds(pid) - per_process[pid]) / elapsed, 2)
-            for pid, name in pid_tree(process.process.pid).items()
-            if pid in per_process
+            f"{names[pid]} {pid}": round(seconds / elapsed, 2) for pid, seconds in used.items()
         }
     finally:
         process.terminate()
