@@ -43,7 +43,7 @@ setup(
             "typed_config*",
         ]
     ),
-    package_data={"data_ingestion": ["*.xml", "status_page/*"]},
+    package_data={"data_ingestion": ["*.xml", "status_page/*", "flink_job_server_java/**/*.java"]},
     install_requires=_requirements(),
     entry_points={"console_scripts": ["glass-ingest=data_ingestion.cli:main"]},
 )

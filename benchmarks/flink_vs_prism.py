@@ -274,6 +274,21 @@ def _checkpoint(cluster: flink_stack.FlinkCluster, job: str) -> dict[str, Any]:
         "state_size": latest.get("state_size"),
         "checkpointed_size": latest.get("checkpointed_size"),
         "end_to_end_duration_ms": latest.get("end_to_end_duration"),
+        "state_size_by_operator": _state_by_operator(cluster, job, latest.get("id")),
+    }
+
+
+def _state_by_operator(
+    cluster: flink_stack.FlinkCluster, job: str, checkpoint: int | None
+) -> dict[str, int]:
+    """Which of the job's operators holds the checkpoint's state (the growth's culprit)."""
+    if checkpoint is None:
+        return {}
+    names = {vertex["id"]: vertex["name"] for vertex in _rest(cluster, f"/jobs/{job}")["vertices"]}
+    details = _rest(cluster, f"/jobs/{job}/checkpoints/details/{checkpoint}")
+    return {
+        names.get(vertex, vertex)[:80]: task.get("state_size", 0)
+        for vertex, task in details.get("tasks", {}).items()
     }
 
 

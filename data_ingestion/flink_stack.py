@@ -80,7 +80,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -93,6 +93,7 @@ from data_ingestion.local_processes import (
     terminate,
 )
 from pipelines.flink import (
+    ASSEMBLED_JAR_NAME,
     ASSEMBLED_RUNNER_VERSION,
     DEFAULT_WORKER_POOL,
     FLINK_MINOR,
@@ -330,7 +331,7 @@ def _fetch_official_jar(mvn: str, base: Path) -> Path | None:
 
 
 def _build_assembled_jar(mvn: str, base: Path) -> Path:
-    target = base / job_server_jar_name(ASSEMBLED_RUNNER_VERSION)
+    target = base / ASSEMBLED_JAR_NAME
     staging = base / f".{target.name}.building"
     _LOGGER.info("shading beam-runners-flink-%s:%s into %s", FLINK_MINOR, ASSEMBLED_RUNNER_VERSION, target)  # fmt: skip
     argv = [
@@ -517,6 +518,7 @@ def up(
     taskmanager_memory: str = _DEFAULT_TASKMANAGER_MEMORY,
     timeout_seconds: float = _DEFAULT_START_TIMEOUT_SECONDS,
     home: Path | None = None,
+    flink_settings: Mapping[str, str | int] | None = None,
 ) -> FlinkCluster:
     """Starts the JobManager, the TaskManager and the worker pool unless they run.
 
@@ -530,6 +532,8 @@ def up(
         timeout_seconds: how long to wait until every slot is registered (120 s).
         home: a Flink distribution to run (FLINK_HOME) instead of ``<root>/flink/dist``,
             e.g. the repository's for a test's private cluster.
+        flink_settings: more Flink configuration entries, over this module's
+            (e.g. ``env.java.opts.taskmanager``).
 
     A cluster already running from this folder is left alone and returned as
     it is. Raises ``FlinkError`` with the log tail when something does not start.
@@ -569,7 +573,7 @@ def up(
             jobmanager_memory=jobmanager_memory,
             taskmanager_memory=taskmanager_memory,
         )
-        _write_config(base, home, settings)
+        _write_config(base, home, {**settings, **(flink_settings or {})})
         cluster = FlinkCluster(f"{_HOST}:{rest_port}", f"{_HOST}:{worker_pool_port}", slots)
         _cluster_file(base).write_text(
             json.dumps({**dataclasses.asdict(cluster), "home": str(home)}) + "\n"

@@ -68,6 +68,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.portability import flink_runner, flink_uber_jar_job_server
 
 __all__ = [
+    "ASSEMBLED_JAR_NAME",
     "ASSEMBLED_RUNNER_VERSION",
     "FlinkRunner",
     "DEFAULT_CHECKPOINT_INTERVAL_MS",
@@ -89,6 +90,11 @@ FLINK_MINOR = "1.19"
 # The newest Beam Flink runner whose dependencies are all on Maven Central here
 # (2.70's beam-runners-java-job-service is missing); a skew under SDK 2.77.
 ASSEMBLED_RUNNER_VERSION = "2.62.0"
+# The assembled jar carries a fix of its own (the bounded SDF checkpoint state of
+# data_ingestion/flink_job_server_java): a jar of another name was built without it.
+ASSEMBLED_JAR_NAME = (
+    f"beam-runners-flink-{FLINK_MINOR}-job-server-{ASSEMBLED_RUNNER_VERSION}-bounded-sdf-state.jar"
+)
 LOCAL_FLINK_DIR = Path(__file__).resolve().parent.parent / ".stack" / "flink"
 DEFAULT_WORKER_POOL = "127.0.0.1:50000"
 DEFAULT_CHECKPOINT_INTERVAL_MS = 2_000
@@ -108,8 +114,8 @@ def job_server_jar_name(beam_version: str, flink_minor: str = FLINK_MINOR) -> st
 
 def default_job_server_jar(flink_dir: Path = LOCAL_FLINK_DIR) -> Path | None:
     """The best jar built into `flink_dir`: the SDK's own version, else the assembled one."""
-    for version in (apache_beam.__version__, ASSEMBLED_RUNNER_VERSION):
-        jar = flink_dir / job_server_jar_name(version)
+    for name in (job_server_jar_name(apache_beam.__version__), ASSEMBLED_JAR_NAME):
+        jar = flink_dir / name
         if jar.is_file():
             return jar
     return None
