@@ -926,13 +926,18 @@ class SourcePacing:
             )  # fmt: skip
         )
 
-    def read(self, source: UnboundedSource) -> ReadFromUnboundedSource:
+    def read(self, source: UnboundedSource, *more: UnboundedSource) -> ReadFromUnboundedSource:
+        """The read of `source`, and of `more` in the same transform: its Create
+        holds one element each (one restriction each, which Create's reshuffle
+        spreads over the workers), so their records come out in one PCollection
+        without a Flatten."""
         return _ReadWithIdleBackoff(
             source,
             poll_interval=self.poll_interval_seconds,
             max_records_per_bundle=max(1, self.max_records_per_bundle // self.max_batch),
             max_read_time_seconds=self.max_bundle_seconds,
             idle_poll_max_seconds=self.effective_idle_poll_max_seconds(),
+            more=more,
         )
 
 
@@ -1009,9 +1014,11 @@ class _ReadWithIdleBackoff(ReadFromUnboundedSource):
         max_records_per_bundle: int,
         max_read_time_seconds: float,
         idle_poll_max_seconds: float,
+        more: Sequence[UnboundedSource] = (),
     ) -> None:
         super().__init__(source, poll_interval, max_records_per_bundle, max_read_time_seconds)
         self._idle_poll_max = idle_poll_max_seconds
+        self._more = tuple(more)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         # Beam's expand with its labels and element type, and our DoFn.
@@ -1019,7 +1026,7 @@ class _ReadWithIdleBackoff(ReadFromUnboundedSource):
         output_coder = source.default_output_coder()
         output = (
             pbegin
-            | "Create" >> beam.Create([source])
+            | "Create" >> beam.Create([source, *self._more])
             | "ReadUnbounded"
             >> beam.ParDo(
                 _ReadWithIdleBackoffFn(

@@ -5,6 +5,16 @@ per configured source) with paho-mqtt 2.x, MQTT 3.1.1 or 5, QoS 0/1/2, TLS and
 username/password, several topic filters and MQTT 5 shared subscriptions
 (`$share/group/plant/#`) for scale-out.
 
+A source with `readers` N > 1 is N restrictions of one transform, each a
+client of its own (own client id, own persistent session, own
+acknowledgements) subscribed to `$share/<share_group>/<filter>`: the broker
+deals each message to one reader, and the runner may read them on different
+workers. Order within a tag is kept by one reader only, not across readers.
+Each reader reports under `mqtt[<name>#<i>]` (its connection, what it
+received, its buffer); `mqtt[<name>]` stays the source's (what the readers
+handed out together, connected while every reader is), which health, pause
+and the status page use.
+
 Delivery guarantee (QoS 1): at-least-once into the pipeline's sinks. The client
 keeps a persistent session (stable client id, clean start off, session expiry
 for v5) and acknowledges a message only in `finalize_checkpoint`, after the
@@ -43,6 +53,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 import threading
@@ -57,13 +68,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from connectors import metrics
 from connectors.base import (
     DEAD_LETTER,
     READINGS,
     Backoff,
     Receiver,
+    ReceiverSource,
     SourcePacing,
     flatten_outputs,
+    paused_sources,
     run_connection_loop,
 )
 from connectors.mqtt_config import MqttSource
@@ -82,6 +96,8 @@ _DEFAULT_POLL_INTERVAL_SECONDS = 0.05
 _CONNACK_TIMEOUT_SECONDS = 10.0
 _LOOP_TIMEOUT_SECONDS = 0.1
 _QUALITIES = frozenset(q.value for q in Quality)
+# Connection state changes of the readers of one source, which set the source's.
+_READERS_LOCK = threading.Lock()
 
 # One received message: (topic, payload, received_at).
 Message = tuple[str, bytes, float]
@@ -221,19 +237,40 @@ def parse_mqtt_payload(
 
 
 class _MqttReceiver(Receiver[Message]):
-    """One paho client for one configured source, on its own thread.
+    """One paho client for one configured source (or one reader of it), on its own thread.
 
     A gap cannot occur with QoS >= 1 and a persistent session: the broker
-    queues what arrives while the client is away. With QoS 0 whatever is
-    published during a disconnect is lost by design of QoS 0.
+    queues what arrives while the client is away (for a reader of a shared
+    subscription: the messages the broker dealt to it, see README). With QoS 0
+    whatever is published during a disconnect is lost by design of QoS 0.
+
+    Reader `reader` of a source with several: its label stays the source's
+    (`mqtt[iot]`: a pause holds every reader), its connection and numbers are
+    its own (`mqtt[iot#1]`, `reader_stats`), and the source's connection state
+    is that of all its readers in this process (`_update_source_connection`).
     """
 
     # PUBACKs go over the live connection: a pause or restart drains first.
     acks_need_connection = True
 
-    def __init__(self, config: MqttSource) -> None:
+    def __init__(self, config: MqttSource, reader: int = 0) -> None:
         super().__init__(f"mqtt[{config.name}]", buffer_capacity=config.receive_queue_size)
         self._config = config
+        self._client_id = config.reader_client_ids()[reader]
+        self._subscriptions = config.subscriptions()
+        # The first reader has the source's client id: it may resume the session
+        # of a run with the other layout (plain or shared) and drops its filters.
+        self._superseded = config.superseded_subscriptions() if reader == 0 else ()
+        self._unsubscribing: dict[int, tuple[str, ...]] = {}
+        self.reader_stats: metrics.SourceStats | None = None
+        self.reader_label = self.label
+        if config.readers > 1:
+            self.reader_label = f"mqtt[{config.name}#{reader}]"
+            self.reader_stats = metrics.source_stats(self.reader_label)
+            self.reader_stats.receiver = self
+            # The source's stats count what its readers hand out; its buffer is per reader.
+            self.stats.receiver = None
+        self._count_received = self.reader_stats is not None and metrics.enabled()
         self._client: mqtt.Client | None = None
         self._connack: bool | None = None
         # Why the broker refused the CONNACK, and paho's last error while
@@ -242,9 +279,17 @@ class _MqttReceiver(Receiver[Message]):
         self._connect_error = ""
         self._client_lock = threading.Lock()
 
+    def start(self) -> None:
+        super().start()
+        pause = paused_sources().get(self.label)
+        if self.reader_stats is not None and pause is not None:
+            self.reader_stats.mark_paused(pause.by, pause.since)
+
     def _receive(self, stop: threading.Event) -> None:
+        if self.reader_stats is not None and self.reader_stats.paused is not None:
+            self.reader_stats.mark_resumed()
         run_connection_loop(
-            self.label,
+            self.reader_label,
             self._connect,
             lambda: self._serve(stop),
             self._disconnect,
@@ -257,7 +302,7 @@ class _MqttReceiver(Receiver[Message]):
         v5 = config.protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=config.effective_client_id,
+            client_id=self._client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else False,
             manual_ack=True,
@@ -274,6 +319,7 @@ class _MqttReceiver(Receiver[Message]):
             client.tls_insecure_set(config.tls.insecure)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_unsubscribe = self._on_unsubscribe
         # Only while connecting (`_connect` removes it): paho reports a TLS
         # alert, such as a refused client certificate, through its log alone,
         # and formats every message for a log callback.
@@ -350,16 +396,38 @@ class _MqttReceiver(Receiver[Message]):
         self._connack = True
         # Resubscribing is harmless with a persistent session and needed when
         # the broker lost it (new broker, expired session).
-        client.subscribe([(topic, self._config.qos) for topic in self._config.topics])
+        client.subscribe([(topic, self._config.qos) for topic in self._subscriptions])
+        if self._superseded:
+            # After subscribing: in between, a message matches both (a duplicate), never neither.
+            _, mid = client.unsubscribe(list(self._superseded))
+            if mid is not None:
+                self._unsubscribing[mid] = self._superseded
         _LOGGER.info(
-            "%s: connected to %s:%d (session present: %s), subscribed %s at QoS %d",
-            self.label,
+            "%s: connected to %s:%d%s (session present: %s), subscribed %s at QoS %d",
+            self.reader_label,
             self._config.host,
             self._config.port,
+            f" as {self._client_id}" if self.reader_stats is not None else "",
             flags.session_present,
-            ", ".join(self._config.topics),
+            ", ".join(self._subscriptions),
             self._config.qos,
         )
+
+    def _on_unsubscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        topics = self._unsubscribing.pop(mid, ())
+        # 0 is Success; "No subscription existed" (17) is the usual answer.
+        removed = [t for t, r in zip(topics, reasons or (), strict=False) if r.value == 0]
+        if removed:
+            _LOGGER.info(
+                "%s: removed subscription %s from session %s, left by a run with %s "
+                "(it would deliver every message twice)",
+                self.reader_label,
+                ", ".join(removed),
+                self._client_id,
+                "one reader" if self._config.shared else "a shared subscription",
+            )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         received_at = time.time()
@@ -368,11 +436,18 @@ class _MqttReceiver(Receiver[Message]):
         except UnicodeDecodeError:
             topic = message._topic.decode("utf-8", "replace")
         handle = (message.mid, message.qos) if message.qos else None
-        self._deliver((topic, bytes(message.payload), received_at), received_at, handle)
+        delivered = self._deliver((topic, bytes(message.payload), received_at), received_at, handle)
+        if delivered and self._count_received:
+            # A reader counts what it received; the source, what its readers handed out.
+            stats = self.reader_stats
+            assert stats is not None
+            stats.received += 1
+            stats.last_received_at = received_at
 
     def _serve(self, stop: threading.Event) -> None:
         client = self._client
         assert client is not None
+        self._update_source_connection()
         while not stop.is_set():
             rc = client.loop(_LOOP_TIMEOUT_SECONDS)
             if rc != mqtt.MQTT_ERR_SUCCESS:
@@ -386,6 +461,40 @@ class _MqttReceiver(Receiver[Message]):
             # broker's session and are redelivered on the next connection.
             client.disconnect()
             client.loop(0)
+        stats = self.reader_stats
+        if stats is not None:
+            stats.connected = False
+            pause = paused_sources().get(self.label)
+            if pause is not None:
+                stats.mark_paused(pause.by, pause.since)
+            self._update_source_connection()
+
+    def _update_source_connection(self) -> None:
+        """A source with several readers is connected while all of its readers
+        in this process are; it reports the first one that is not."""
+        if self.reader_stats is None:
+            return
+        prefix = f"{self._config.name}#"
+        with _READERS_LOCK:
+            readers = sorted(
+                (stats for name, stats in metrics.all_source_stats().items()
+                 if name.startswith(prefix) and stats.receiver is not None
+                 and not stats.receiver.stopped),
+                key=lambda stats: stats.name,
+            )  # fmt: skip
+            if not readers:
+                return  # the last reader stopped: the source keeps its last state
+            source = self.stats
+            down = [stats for stats in readers if not stats.connected]
+            if not down:
+                if not source.connected:
+                    source.mark_connected()
+                return
+            first = down[0]
+            source.mark_lost(
+                f"reader {first.name}: {first.last_error or 'not connected'}"
+                + (f" (and {len(down) - 1} more)" if len(down) > 1 else "")
+            )
 
     def _acknowledge(self, generation: int, handles: Sequence[Any]) -> None:
         with self._client_lock:
@@ -434,7 +543,9 @@ class ReadFromMqtt(beam.PTransform):
 
     Args:
       sources: the configured MQTT sources; each gets its own client, session
-        and transform label `ReadMqtt[<name>]`.
+        and transform label `ReadMqtt[<name>]`; one with `readers` N > 1 gets
+        N clients and sessions sharing its subscription, N restrictions of
+        that one transform.
       max_skew_seconds: how far behind receive time the watermark stays (and
         where it moves when a source is idle). Default 5.0.
       max_records_per_bundle: messages in one bundle before the source
@@ -481,15 +592,31 @@ class ReadFromMqtt(beam.PTransform):
         for config in self._sources:
             parsed = (
                 pbegin
-                | f"ReadMqtt[{config.name}]"
-                >> self._pacing.read_receiver(
-                    f"mqtt/{config.host}:{config.port}/{config.effective_client_id}",
-                    _MqttReceiver,
-                    config,
-                )
+                | f"ReadMqtt[{config.name}]" >> self._read(config)
                 | f"ParseMqtt[{config.name}]"
                 >> beam.ParDo(_ParseMessages(config)).with_outputs(DEAD_LETTER, main=READINGS)
             )
             for name, collections in outputs.items():
                 collections.append(parsed[name])
         return flatten_outputs(outputs, "Mqtt")
+
+    def _read(self, config: MqttSource) -> beam.PTransform:
+        """One restriction per reader, each keyed by its own client id."""
+        pacing = self._pacing
+        if config.readers == 1:
+            return pacing.read_receiver(
+                f"mqtt/{config.host}:{config.port}/{config.effective_client_id}",
+                _MqttReceiver,
+                config,
+            )
+        readers = [
+            ReceiverSource(
+                f"mqtt/{config.host}:{config.port}/{client_id}",
+                functools.partial(_MqttReceiver, reader=index),
+                config,
+                max_batch=pacing.max_batch,
+                max_skew_seconds=pacing.max_skew_seconds,
+            )
+            for index, client_id in enumerate(config.reader_client_ids())
+        ]
+        return pacing.read(*readers)

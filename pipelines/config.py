@@ -155,6 +155,23 @@ class SourcesSection:
                     "(give each source its own file)"
                 )
             spools.setdefault(resolved, where)
+        return errors + self._check_client_ids(path)
+
+    def _check_client_ids(self, path: str) -> list[str]:
+        # A broker keeps one session per client id and drops the older
+        # connection of two: two readers with one id would take turns for ever.
+        owners: dict[tuple[str, int, str], str] = {}
+        errors = []
+        for index, source in enumerate(self.mqtt):
+            where = join_path(join_path(path, "mqtt"), index)
+            for client_id in source.reader_client_ids():
+                owner = owners.setdefault((source.host, source.port, client_id), where)
+                if owner != where:
+                    errors.append(
+                        f"{join_path(where, 'client_id')}: {client_id!r} is already a client "
+                        f"id of {owner} on {source.host}:{source.port} (one session per id: "
+                        "set client_id)"
+                    )
         return errors
 
 

@@ -188,6 +188,8 @@ def test_to_dict_writes_every_field_with_lists_for_tuples() -> None:
                 "max_payload_bytes": 262144,
                 "receive_queue_size": 100000,
                 "reconnect_max_seconds": 30.0,
+                "readers": 1,
+                "share_group": None,
             }
         ],
         "opcua": [],
