@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -135,7 +136,7 @@ def _messages(count: int) -> tuple[list[tuple[str, bytes]], set[tuple[str, str]]
 
 
 def _source_chain_config(
-    tmp_path: Path, kafka_bootstrap: str, mqtt_port: int
+    tmp_path: Path, kafka_bootstrap: str, mqtt_port: int, readers: int = 1
 ) -> tuple[Path, dict[str, str]]:
     """The test config with the source's chain alone: delivery is what these tests
     are about, and windows would only add their minute of latency."""
@@ -143,6 +144,8 @@ def _source_chain_config(
     settings = json.loads(config.read_text())
     settings["features"]["enabled"] = False
     settings["anomaly"]["enabled"] = False
+    (source,) = settings["sources"]["mqtt"]
+    source["readers"] = readers
     config.write_text(json.dumps(settings))
     return config, topics
 
@@ -155,12 +158,15 @@ class _Connections:
         self.before = self.count()
 
     def count(self) -> int:
-        return self.log.read_text(errors="replace").count("mqtt[iot]: connected to")
+        # One source's connections, of its single reader or of each of several.
+        return len(
+            re.findall(r"mqtt\[iot(?:#\d+)?\]: connected to", self.log.read_text(errors="replace"))
+        )
 
-    def wait_for_new(self, pipeline: CliProcess) -> None:
+    def wait_for_new(self, pipeline: CliProcess, readers: int = 1) -> None:
         def connected() -> bool:
             assert pipeline.alive(), f"the launcher exited:\n{pipeline.log_tail()}"
-            return self.count() > self.before
+            return self.count() >= self.before + readers
 
         wait_until(
             connected,
@@ -219,13 +225,16 @@ def test_every_mqtt_message_reaches_kafka_on_a_flink_session_cluster(
     tmp_path: Path,
 ) -> None:
     root, cluster = flink_cluster
-    config, topics = _source_chain_config(tmp_path, kafka_bootstrap, private_mosquitto.port)
+    # Two readers of one MQTT 5 shared subscription, which Flink may run in two slots.
+    config, topics = _source_chain_config(
+        tmp_path, kafka_bootstrap, private_mosquitto.port, readers=2
+    )
     connections = _Connections(root)
     pipeline = _flink_run(config, cluster, tmp_path / "pipeline.log")
     arrivals = _Arrivals(kafka_bootstrap, topics)
     pipeline.start()
     try:
-        connections.wait_for_new(pipeline)
+        connections.wait_for_new(pipeline, readers=2)
         messages, valid, dead = _messages(_MESSAGES)
         publish(private_mosquitto.port, messages)
         arrivals.wait_for(valid, dead)
