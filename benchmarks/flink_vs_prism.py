@@ -33,11 +33,16 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from benchmarks._measure import (
     TopicEnd,
@@ -62,13 +67,17 @@ _SETTLE_SECONDS = 5.0
 
 
 def _config(
-    workdir: Path, kafka: str, port: int, client_id: str, *, analytics: bool
+    workdir: Path, kafka: str, port: int, client_id: str, *, analytics: bool, readers: int = 1
 ) -> tuple[Path, dict[str, str]]:
-    """The test config pointed at a session `_queue_for_new_session` made: that
-    session speaks MQTT 3.1.1, so the source must too to resume it."""
+    """The test config pointed at the session(s) made for it: one MQTT 3.1.1
+    session (`_queue_for_new_session`), or `readers` MQTT 5 sessions of one
+    shared subscription (`_queue_for_shared_sessions`)."""
     config, topics = pipeline_config(workdir, kafka_bootstrap=kafka, mqtt_port=port)
     settings = json.loads(config.read_text())
-    settings["sources"]["mqtt"][0].update({"client_id": client_id, "protocol": "3.1.1"})
+    source: dict[str, Any] = {"client_id": client_id, "protocol": "3.1.1"}
+    if readers > 1:
+        source = {"client_id": client_id, "protocol": "5", "readers": readers}
+    settings["sources"]["mqtt"][0].update(source)
     settings["features"]["enabled"] = analytics
     settings["anomaly"]["enabled"] = analytics
     config.write_text(json.dumps(settings, indent=2))
@@ -123,10 +132,13 @@ def _rest(cluster: flink_stack.FlinkCluster, path: str) -> Any:
         return json.loads(response.read())
 
 
-def _flink_args(config: Path, cluster: flink_stack.FlinkCluster, parallelism: int) -> list[str]:
+def _flink_args(
+    config: Path, cluster: flink_stack.FlinkCluster, parallelism: int, sdk_workers: int = 1
+) -> list[str]:
     return [
         "--runner", "FlinkRunner", f"--flink_master={cluster.rest}", "--config", str(config),
         f"--parallelism={parallelism}", f"--environment_config={cluster.worker_pool}",
+        f"--sdk_worker_parallelism={sdk_workers}",
     ]  # fmt: skip
 
 
@@ -175,11 +187,38 @@ def _drain(count: Callable[[], int], readings: int, groups: dict[str, int]) -> d
 
 
 def _prepare(
-    workdir: Path, kafka: str, port: int, messages: list[tuple[str, bytes]], analytics: bool
+    workdir: Path,
+    kafka: str,
+    port: int,
+    messages: list[tuple[str, bytes]],
+    analytics: bool,
+    readers: int = 1,
 ) -> tuple[Path, TopicEnd]:
-    client_id = _queue_for_new_session(port, "ingest-bench", messages)
-    config, topics = _config(workdir, kafka, port, client_id, analytics=analytics)
+    if readers > 1:
+        client_id = _queue_for_shared_sessions(port, "ingest-bench", messages, readers)
+    else:
+        client_id = _queue_for_new_session(port, "ingest-bench", messages)
+    config, topics = _config(workdir, kafka, port, client_id, analytics=analytics, readers=readers)
     return config, TopicEnd(kafka, topics["readings"])
+
+
+def _queue_for_shared_sessions(
+    port: int, prefix: str, messages: list[tuple[str, bytes]], readers: int
+) -> str:
+    """The MQTT 5 sessions of a source with `readers` readers (client ids
+    `<id>`, `<id>-1`, ...; share group `<id>`), subscribed while offline, with
+    `messages` dealt among them by the broker. Returns the source's client id."""
+    client_id = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 3600
+    for reader in [client_id, *(f"{client_id}-{i}" for i in range(1, readers))]:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=reader, protocol=mqtt.MQTTv5)
+        client.connect("127.0.0.1", port, clean_start=False, properties=properties)
+        client.subscribe(f"$share/{client_id}/plant/#", qos=1)
+        client.loop(1)
+        client.disconnect()
+    publish(port, messages)
+    return client_id
 
 
 def prism_run(
@@ -210,10 +249,14 @@ def flink_run(
     parallelism: int,
     *,
     analytics: bool = False,
+    readers: int = 1,
+    sdk_workers: int = 1,
 ) -> dict[str, Any]:
-    config, count = _prepare(workdir, kafka, port, messages, analytics=analytics)
+    config, count = _prepare(workdir, kafka, port, messages, analytics=analytics, readers=readers)
     with _flink(workdir / "flink") as (cluster, groups):
-        launcher = _Launcher(_flink_args(config, cluster, parallelism), workdir / "launcher.log")
+        launcher = _Launcher(
+            _flink_args(config, cluster, parallelism, sdk_workers), workdir / "launcher.log"
+        )
         try:
             result = _drain(count, readings, {**groups, "launcher": launcher.process.pid})
             job = _rest(cluster, "/jobs/overview")["jobs"][0]["jid"]
@@ -235,9 +278,9 @@ def throughput(args: argparse.Namespace, kafka: str, workdir: Path, port: int) -
     runs: list[dict[str, Any]] = []
     inputs = [(1, args.messages), (20, args.values_messages)]
     engines: list[tuple[str, int, bool]] = [
-        ("prism", 1, False),
-        ("flink p1", 1, False),
-        ("flink p2", 2, False),
+        (engine, parallelism, False)
+        for engine, parallelism in (("prism", 1), ("flink p1", 1), ("flink p2", 2))
+        if engine in args.engines
     ]
     for per_message, count in inputs:
         for engine, parallelism, analytics in engines + (
@@ -252,10 +295,13 @@ def throughput(args: argparse.Namespace, kafka: str, workdir: Path, port: int) -
                 result = prism_run(run_dir, kafka, port, prism, messages, readings)
             else:
                 result = flink_run(
-                    run_dir, kafka, port, messages, readings, parallelism, analytics=analytics
-                )
+                    run_dir, kafka, port, messages, readings, parallelism, analytics=analytics,
+                    readers=args.readers, sdk_workers=args.sdk_worker_parallelism,
+                )  # fmt: skip
             run = {
                 "engine": engine,
+                "readers": args.readers,
+                "sdk_worker_parallelism": args.sdk_worker_parallelism,
                 "readings_per_message": per_message,
                 "messages": count,
                 **result,
@@ -456,6 +502,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--with-analytics",
         action="store_true",
         help="one more Flink p2 run (1 reading per message) with features and anomaly on",
+    )
+    parser.add_argument(
+        "--engines",
+        type=lambda text: text.split(","),
+        default=["prism", "flink p1", "flink p2"],
+        help='comma-separated, of "prism", "flink p1", "flink p2"',
+    )
+    parser.add_argument(
+        "--readers", type=int, default=1, help="readers of one MQTT 5 shared subscription"
+    )
+    parser.add_argument(
+        "--sdk-worker-parallelism", type=int, default=1, help="Python workers per TaskManager"
     )
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=500.0)
