@@ -197,6 +197,9 @@ class _KeyHashCache(DefaultPartitioner):
         return sorted(partitions)[hashed % len(partitions)]
 
 
+_REQUEST_TIMEOUT_MS = 30_000
+
+
 def producer_settings(config: KafkaSink) -> dict[str, Any]:
     """kafka-python producer settings for `config`."""
     settings: dict[str, Any] = {
@@ -210,6 +213,11 @@ def producer_settings(config: KafkaSink) -> dict[str, Any]:
         "max_request_size": config.max_request_size_bytes,
         "delivery_timeout_ms": int(config.delivery_timeout_seconds * 1000),
         "max_block_ms": int(config.delivery_timeout_seconds * 1000),
+        # kafka-python refuses a delivery timeout under linger + request timeout
+        # (30 s by default): a shorter delivery timeout shortens the requests.
+        "request_timeout_ms": min(
+            _REQUEST_TIMEOUT_MS, int(config.delivery_timeout_seconds * 1000) - config.linger_ms
+        ),
         # Topics are made by `ensure_topics` with their partitions, never by a
         # send's metadata request with the broker's defaults.
         "allow_auto_create_topics": False,

@@ -144,6 +144,11 @@ class KafkaSink:
         errors += check_range(
             at("delivery_timeout_seconds"), self.delivery_timeout_seconds, above=0
         )
+        if 0 < self.delivery_timeout_seconds * 1000 <= self.linger_ms:
+            errors.append(
+                f"{at('delivery_timeout_seconds')}: {self.delivery_timeout_seconds} s leaves no "
+                f"time to send after linger_ms ({self.linger_ms} ms): make it longer"
+            )
         errors += check_range(at("topic_partitions"), self.topic_partitions, 1)
         errors += check_range(at("topic_replication_factor"), self.topic_replication_factor, 1)
         errors += self._check_security(path)

@@ -107,3 +107,29 @@ def test_a_record_that_does_not_encode_is_dead_lettered_and_the_rest_delivered(
     (letter,) = letters.records
     assert letter["reason"] == "unencodable" and letter["device"] == "iot"
     assert topic in letter["detail"] and "furnace.odd" in letter["payload"]
+
+
+def test_a_short_delivery_timeout_makes_a_working_kafka_python_producer(
+    kafka_bootstrap: str,
+) -> None:
+    # kafka-python refuses delivery_timeout_ms under linger + its 30 s request
+    # timeout; the config accepts 5 s, so the producer must be buildable with it.
+    from kafka import KafkaProducer
+
+    from connectors.kafka import producer_settings
+
+    config = KafkaSink(
+        bootstrap_servers=kafka_bootstrap, client="kafka-python", delivery_timeout_seconds=5
+    )
+    assert config.validate("kafka") == []
+    settings = producer_settings(config)
+    settings.pop("partitioner")
+    producer = KafkaProducer(**settings)
+    producer.close()
+    too_short = KafkaSink(
+        bootstrap_servers=kafka_bootstrap, linger_ms=500, delivery_timeout_seconds=0.5
+    )
+    assert too_short.validate("kafka") == [
+        "kafka.delivery_timeout_seconds: 0.5 s leaves no time to send after linger_ms (500 ms): "
+        "make it longer"
+    ]
