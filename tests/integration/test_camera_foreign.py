@@ -229,11 +229,14 @@ def trial(
         for reader in readers.values():
             reader.close()
         flood_go.set()
-        if pipeline.alive():
-            pipeline.terminate()
+        # The cameras go first: a source blocked reading an idle camera's open connection
+        # would hold the pipeline's stop for its thread's 10 s join.
         for camera in (plain_camera, flood_camera):
             camera.closing.set()
             camera.shutdown()
+            camera.server_close()
+        if pipeline.alive():
+            pipeline.terminate()
 
 
 def _box_px(defect: dict[str, Any], size: tuple[int, int], mm: float) -> tuple[int, int, int, int]:

@@ -330,7 +330,10 @@ def test_the_pipeline_notifies_one_raise_and_one_clear_and_logs_no_secret(
         tmp_path, kafka_bootstrap=kafka_bootstrap, mqtt_port=private_mosquitto.port
     )
     config = json.loads(config_path.read_text())
-    config["sources"]["mqtt"][0].update(username="ingest", password=mqtt_password)
+    # Back soon after the broker: the backoff would reach 16 s over the outage.
+    config["sources"]["mqtt"][0].update(
+        username="ingest", password=mqtt_password, reconnect_max_seconds=2
+    )
     config["anomaly"]["device_silent_seconds"] = 5
     config["monitoring"] = {"http_port": free_port()}
     # DEBUG: the most log lines a secret could hide in.

@@ -15,19 +15,21 @@ sample.
 
 The pipeline is the real one (`python -m data_ingestion run` on Prism) with
 only documented `sources.opcua[]` keys (`connectors/opcua_config.py`). In
-file order (each group's pipeline is gone before the next starts):
+file order (the first pipeline is gone before the module's starts):
 
 - `test_wrong_password_is_retried_without_crashing_the_pipeline`: with the
   server requiring a user, the right password reads; a wrong one does not take
   the pipeline down, is logged once, is retried, and gives no readings;
-- `TestBackFillEdges`: a sample written while a back-fill runs is not
-  repeated; a back-fill read one value at a time (a server that truncates
-  pages without a continuation point) loses nothing;
-- then one pipeline with two sessions, `s7` (listed nodes, through a
-  `TcpProxy` the test cuts) and `s7browse` (browse, direct): listed nodes in
-  both node-id forms, types, units, source times; browse tags (struct members:
-  xfail); a missing node; an 8 s network cut back-filled from history without
-  loss or duplicate, with `connection_lost` and `data_gap` alerts.
+- then one pipeline with four sessions, `s7` (listed nodes) and the two of
+  `TestBackFillEdges` through a `TcpProxy` the test cuts, and `s7browse`
+  (browse, direct): listed nodes in both node-id forms, types, units, source
+  times; browse tags (struct members: xfail); a missing node; an 8 s network
+  cut back-filled from history without loss or duplicate, with
+  `connection_lost` and `data_gap` alerts; over the same cut, a sample written
+  while a back-fill runs is not repeated, and a back-fill read one value at a
+  time (a server that truncates pages without a continuation point) loses
+  nothing. Validation remembers no timestamps (`duplicate_memory_samples` 0),
+  so Kafka shows what the connectors emitted.
 
 Skipped only when `node` is not installed.
 """
@@ -446,8 +448,7 @@ def test_wrong_password_is_retried_without_crashing_the_pipeline(
         server.stop()
 
 
-# -- back-fill edge cases: one cut, two sessions -------------------------------------
-# A class, so that its pipeline is gone before the module's plant starts.
+# -- back-fill edge cases: two more sessions on the module's cut ------------------------
 
 FAST = Node(
     "codesys.scan_time_ms", "ns=4;s=|var|PLC.Application.GVL.scan_time_ms",
@@ -457,91 +458,8 @@ FAST = Node(
 
 @dataclass
 class Cut:
-    server: ForeignServer
-    kafka: Kafka
     cut_at: float
     restored_at: float
-
-
-class TestBackFillEdges:
-    """`s7seam`: the fast CODESYS signal (every 20 ms), published every 5 s with a
-    queue to match, back-filled two values per read: the back-fill runs while the
-    server writes. `s7pageone`: two S7 nodes back-filled one value per read.
-    Validation remembers no timestamps (`duplicate_memory_samples` 0), so Kafka
-    shows what the connector emitted."""
-
-    @pytest.fixture(scope="class")
-    def cut(
-        self,
-        tmp_path_factory: pytest.TempPathFactory,
-        node_binary: str,
-        server_pki: Path,
-        kafka_bootstrap: str,
-        prism_binary: Path,
-    ) -> Iterator[Cut]:
-        tmp = tmp_path_factory.mktemp("foreign-opcua-backfill")
-        server = ForeignServer(node_binary, tmp, server_pki).start()
-        proxy = TcpProxy((server.host, server.port))
-        proxy.restore()
-        common = {
-            "endpoint": f"opc.tcp://127.0.0.1:{proxy.port}",
-            "sampling_interval_ms": 0,
-            "reconnect_max_seconds": 2,
-        }
-        config_path, topics = _write_config(
-            tmp,
-            kafka_bootstrap,
-            [
-                {
-                    "name": "s7seam",
-                    **common,
-                    "nodes": [{"node_id": FAST.node_id, "tag": FAST.tag}],
-                    "publishing_interval_ms": 5000,
-                    "queue_size": 1000,
-                    "backfill_values_per_read": 2,
-                },
-                {
-                    "name": "s7pageone",
-                    **common,
-                    "nodes": [{"node_id": n.node_id, "tag": n.tag} for n in HISTORIZED[:2]],
-                    "backfill_values_per_read": 1,
-                },
-            ],
-            validation={"duplicate_memory_samples": 0},
-        )
-        pipeline = PipelineProcess(config_path, prism_binary, tmp / "pipeline.log").start()
-        kafka = Kafka(kafka_bootstrap, topics)
-        try:
-            streams = [("s7seam", FAST.tag)] + [("s7pageone", n.tag) for n in HISTORIZED[:2]]
-            cut_at, restored_at = _cut_and_restore(pipeline, kafka, proxy, streams, seconds=5)
-            # The first publish after the reconnect, 5 s later, is in too.
-            _wait(
-                pipeline,
-                kafka,
-                lambda: kafka.series("s7seam", FAST.tag)[-1][0] > format_ts(restored_at + 6),
-                TIMEOUT,
-            )
-            yield Cut(server, kafka, cut_at, restored_at)
-        finally:
-            kafka.close()
-            if pipeline.alive():
-                pipeline.terminate()
-            proxy.cut()
-            server.stop()
-
-    def test_no_sample_is_repeated_at_the_seam_of_a_back_fill(self, cut: Cut) -> None:
-        arrived = cut.kafka.series("s7seam", FAST.tag)
-        # The server coalesces a 20 ms signal to its 50 ms minimum sampling live:
-        # not every sample is expected, but each one at most once, and none invented.
-        served = set(cut.server.values(FAST.server_id))
-        assert {(ts, v) for ts, v in arrived} <= served
-        assert any(cut.cut_at + 1 < _epoch(ts) < cut.restored_at - 1 for ts, _ in arrived)
-        assert _repeated(arrived) == [], f"repeated {_repeated(arrived)[:5]} of {len(arrived)}"
-
-    def test_a_back_fill_one_value_per_read_loses_nothing(self, cut: Cut) -> None:
-        _assert_exactly_what_was_served(
-            cut.kafka, cut.server, "s7pageone", HISTORIZED[:2], cut.cut_at, cut.restored_at
-        )
 
 
 # -- the module's plant: one server, one pipeline ----------------------------------------
@@ -576,18 +494,35 @@ def plant(
         {"node_id": RECIPE_ID, "tag": "s7.furnace.recipe_name"},
         {"node_id": MISSING_ID, "tag": MISSING_TAG},
     ]
+    behind_proxy = {
+        "endpoint": f"opc.tcp://127.0.0.1:{proxy.port}",
+        # Every change (the server writes every 100-200 ms): exception-based
+        # sampling, queued between publishes.
+        "sampling_interval_ms": 0,
+        "reconnect_max_seconds": 2,
+    }
     config_path, topics = _write_config(
         tmp,
         kafka_bootstrap,
         [
+            {"name": "s7", **behind_proxy, "nodes": nodes},
+            # TestBackFillEdges: the fast CODESYS signal (every 20 ms), published every
+            # 5 s with a queue to match, back-filled two values per read: the back-fill
+            # runs while the server writes.
             {
-                "name": "s7",
-                "endpoint": f"opc.tcp://127.0.0.1:{proxy.port}",
-                "nodes": nodes,
-                # Every change (the server writes every 100-200 ms): exception-based
-                # sampling, queued between publishes.
-                "sampling_interval_ms": 0,
-                "reconnect_max_seconds": 2,
+                "name": "s7seam",
+                **behind_proxy,
+                "nodes": [{"node_id": FAST.node_id, "tag": FAST.tag}],
+                "publishing_interval_ms": 5000,
+                "queue_size": 1000,
+                "backfill_values_per_read": 2,
+            },
+            # TestBackFillEdges: two S7 nodes back-filled one value per read.
+            {
+                "name": "s7pageone",
+                **behind_proxy,
+                "nodes": [{"node_id": n.node_id, "tag": n.tag} for n in HISTORIZED[:2]],
+                "backfill_values_per_read": 1,
             },
             {
                 "name": "s7browse",
@@ -601,6 +536,7 @@ def plant(
                 "sampling_interval_ms": 0,
             },
         ],
+        validation={"duplicate_memory_samples": 0},
     )
     log_path = tmp / "pipeline.log"
     pipeline = PipelineProcess(config_path, prism_binary, log_path).start()
@@ -715,12 +651,23 @@ def test_a_missing_node_is_one_alert_and_the_others_keep_flowing(plant: Plant) -
 # -- 4. a network cut ------------------------------------------------------------------
 
 
-def test_a_network_cut_is_back_filled_from_history_exactly(plant: Plant) -> None:
+@pytest.fixture(scope="module")
+def cut(plant: Plant) -> Cut:
+    """One cut of the proxy for every session behind it (after the tests above)."""
     kafka = plant.kafka
     streams = [("s7", n.tag) for n in HISTORIZED]
+    streams += [("s7seam", FAST.tag)] + [("s7pageone", n.tag) for n in HISTORIZED[:2]]
     cut_at, restored_at = _cut_and_restore(
         plant.pipeline, kafka, plant.proxy, streams, seconds=CUT_SECONDS
     )
+    # s7seam's first publish after the reconnect, 5 s later, is in too.
+    plant.wait(lambda: kafka.series("s7seam", FAST.tag)[-1][0] > format_ts(restored_at + 6))
+    return Cut(cut_at, restored_at)
+
+
+def test_a_network_cut_is_back_filled_from_history_exactly(plant: Plant, cut: Cut) -> None:
+    kafka = plant.kafka
+    cut_at, restored_at = cut.cut_at, cut.restored_at
     plant.wait(lambda: any(a["state"] == "cleared" for a in kafka.alerts_of("s7", "data_gap")))
     _assert_exactly_what_was_served(kafka, plant.server, "s7", HISTORIZED, cut_at, restored_at)
 
@@ -743,3 +690,21 @@ def test_a_network_cut_is_back_filled_from_history_exactly(plant: Plant) -> None
 
     # The browsing session does not go through the proxy: untouched.
     assert kafka.alerts_of("s7browse", "connection_lost") == []
+
+
+class TestBackFillEdges:
+    """`s7seam` and `s7pageone` over the module's cut (see the plant's config)."""
+
+    def test_no_sample_is_repeated_at_the_seam_of_a_back_fill(self, plant: Plant, cut: Cut) -> None:
+        arrived = plant.kafka.series("s7seam", FAST.tag)
+        # The server coalesces a 20 ms signal to its 50 ms minimum sampling live:
+        # not every sample is expected, but each one at most once, and none invented.
+        served = set(plant.server.values(FAST.server_id))
+        assert {(ts, v) for ts, v in arrived} <= served
+        assert any(cut.cut_at + 1 < _epoch(ts) < cut.restored_at - 1 for ts, _ in arrived)
+        assert _repeated(arrived) == [], f"repeated {_repeated(arrived)[:5]} of {len(arrived)}"
+
+    def test_a_back_fill_one_value_per_read_loses_nothing(self, plant: Plant, cut: Cut) -> None:
+        _assert_exactly_what_was_served(
+            plant.kafka, plant.server, "s7pageone", HISTORIZED[:2], cut.cut_at, cut.restored_at
+        )

@@ -57,6 +57,7 @@ from data_ingestion.testing import (
     wait_until,
 )
 from records import Reading
+from tests.conftest import seed_kafka_jars
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -92,6 +93,7 @@ class Secured:
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     root = tmp_path_factory.mktemp("secure-stack")
+    seed_kafka_jars(root)
     links = stack.up_secure(root, stack.SecurePorts.free())
     pids = {service["pid"] for service in stack.status(root).values() if service["pid"]}
     try:

@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from paho.mqtt.enums import CallbackAPIVersion
 
 from data_ingestion import stack
+from tests.conftest import seed_kafka_jars
 
 if TYPE_CHECKING:
     from conftest import PrivateMosquitto
@@ -165,6 +166,7 @@ def test_mosquitto_keeps_queued_qos1_messages_across_a_restart(
 @pytest.mark.slow
 def test_down_stops_the_brokers_up_started(tmp_path: Path) -> None:
     root = tmp_path / "stack"
+    seed_kafka_jars(root)
     kafka_port, controller_port, mqtt_port = (stack.free_port() for _ in range(3))
     stack.up(kafka_port, mqtt_port, root, controller_port=controller_port)
     started = stack.status(root)
