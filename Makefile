@@ -68,16 +68,18 @@ lint: venv
 # A local Flink 1.19 session cluster (JobManager, TaskManager, Python worker pool on
 # 127.0.0.1; REST on 8082) and the Beam job server jar, both once into .stack/flink/.
 # `$(PY) -m data_ingestion flink down` stops it.
-.PHONY: flink test-flink
-flink: system-deps venv
-	$(PY) -m data_ingestion flink install
+.PHONY: flink flink-install test-flink
+flink: flink-install
 	$(PY) -m data_ingestion flink up
 
-# The Flink tests on private session clusters (about 5 minutes; `make test` skips
-# them: the jar, the distribution and the runs would take the suite past 20 minutes).
-test-flink: stack
+# Flink 1.19 from PyPI and the job server jar (Maven), once into .stack/flink/:
+# the Flink tests start private session clusters from them.
+flink-install: system-deps venv
 	$(PY) -m data_ingestion flink install
-	$(VENV)/bin/pytest -q tests/integration/test_flink.py tests/integration/test_template_submit.py
+
+# The Flink tests alone (about 4 minutes; `make test` runs them too).
+test-flink: stack flink-install
+	$(VENV)/bin/pytest -q $(FLINK_TESTS)
 
 # The node-opcua server of tests/integration/test_opcua_foreign_server.py (the
 # test skips without node); npm ci again only when the lock file changed.
@@ -99,8 +101,17 @@ foreign-modbus:
 	  npm ci --no-audit --no-fund --omit=optional && touch node_modules/.installed; \
 	fi
 
-test: stack foreign-opcua foreign-modbus
-	$(VENV)/bin/pytest -q
+FLINK_TESTS := tests/integration/test_flink.py tests/integration/test_template_submit.py
+FLINK_TEST_LOG := .stack/test-flink.log
+
+# The Flink tests run beside the rest: they mostly wait for JVMs and
+# checkpoints, and one after the other the suite would pass 20 minutes.
+# Their output follows the rest's.
+test: stack flink-install foreign-opcua foreign-modbus
+	@$(VENV)/bin/pytest -q -p no:cacheprovider $(FLINK_TESTS) >$(FLINK_TEST_LOG) 2>&1 & flink=$$!; \
+	status=0; $(VENV)/bin/pytest -q $(addprefix --ignore=,$(FLINK_TESTS)) || status=$$?; \
+	wait $$flink || status=$$?; \
+	echo "--- $(FLINK_TESTS) ---"; cat $(FLINK_TEST_LOG); exit $$status
 	$(MAKE) --no-print-directory lint
 
 demo: stack
