@@ -27,7 +27,10 @@ come records only:
 Between the network thread and detection sits a bounded frame queue: under
 overload the oldest frames are dropped and counted, never an unbounded queue.
 A frame without MIK-1 headers (a plain camera) is its own article at
-`default_station`.
+`default_station`. A stop or pause ends a read that waits for a quiet camera:
+an MJPEG stream at once (its socket is shut down), a network video stream
+within `read_timeout_seconds` (an OpenCV capture cannot be released under a
+read).
 
 Example::
 
@@ -44,6 +47,8 @@ import functools
 import http.client
 import json
 import logging
+import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -98,6 +103,7 @@ _FOLDER_POLL_SECONDS = 0.2
 _FOLDER_SETTLE_SECONDS = 1.0  # an image without sidecar is taken once it stopped changing
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 _CROP_MARGIN_PX = 8
+_NETWORK_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")  # rtsp://, http://: not a file or device
 # (part header, meta field); a part with none is a plain camera's frame.
 _MIK1_HEADERS = (
     ("x-frame-id", "frame_id"),
@@ -229,13 +235,24 @@ def _read_to_delimiter(stream: IO[bytes], delimiter: bytes, closing: bytes) -> t
 
 
 class _MjpegInput:
-    """MJPEG over HTTP: the parts of one GET, each with its headers."""
+    """MJPEG over HTTP: the parts of one GET, each with its headers.
+
+    `interrupt()`, from any thread, ends a read that waits for the camera (an
+    idle stream sends nothing for up to `read_timeout_seconds`): the socket is
+    shut down, so the read returns at once and the connection ends.
+    """
 
     def __init__(self, config: CameraSource) -> None:
         self._config = config
         self._connection: http.client.HTTPConnection | None = None
+        # The connection's socket: a response that ends with the connection takes it
+        # over (`connection.sock` is None then), and `interrupt` needs it.
+        self._socket: socket.socket | None = None
+        self._response: http.client.HTTPResponse | None = None
+        self._lock = threading.Lock()  # `close` and `interrupt` come from different threads
 
-    def open(self) -> Iterator[tuple[dict[str, str], bytes]]:
+    def open(self, stop: threading.Event) -> Iterator[tuple[dict[str, str], bytes]]:
+        """The parts of a new GET; none once `stop` is set (the stop ended the request)."""
         url = urllib.parse.urlsplit(self._config.url)
         connection_class = (
             http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
@@ -245,8 +262,19 @@ class _MjpegInput:
         )
         self._connection = connection
         path = url.path or "/"
-        connection.request("GET", f"{path}?{url.query}" if url.query else path)
-        response = connection.getresponse()
+        try:
+            connection.connect()
+            with self._lock:
+                self._socket = connection.sock
+            # A stop set before this socket was known found nothing to interrupt.
+            if stop.is_set():
+                return iter(())
+            connection.request("GET", f"{path}?{url.query}" if url.query else path)
+            response = self._response = connection.getresponse()
+        except (OSError, http.client.HTTPException):
+            if stop.is_set():
+                return iter(())  # `interrupt` ended the request
+            raise
         if response.status != 200:
             raise ConnectionError(
                 f"GET {self._config.url}: HTTP {response.status} {response.reason}"
@@ -254,10 +282,30 @@ class _MjpegInput:
         boundary = boundary_of(response.getheader("Content-Type", ""))
         return iter_parts(response, boundary)
 
+    def interrupt(self) -> None:
+        """Ends the connection's pending read now: it returns no more data (or raises)."""
+        with self._lock:
+            sock = self._socket
+            if sock is None:
+                return  # none, or not connected yet: `open` checks its stop after connecting
+            try:
+                # Not close(): a read blocked in recv() only returns on shutdown. And
+                # socket.socket's own: an SSLSocket's drops its state under the reader.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already, or the peer went first
+
     def close(self) -> None:
+        with self._lock:
+            sock, self._socket = self._socket, None
+        response, self._response = self._response, None
         connection, self._connection = self._connection, None
+        if response is not None:
+            response.close()
         if connection is not None:
             connection.close()
+        if sock is not None:
+            sock.close()
 
 
 # -- the receiver: network thread -> frame queue -> detection thread -> records -------
@@ -353,6 +401,12 @@ class _CameraReceiver(Receiver[Item]):
         if self._worker is not None:
             self._worker.join(timeout=10)
 
+    def _wake(self) -> None:
+        # A stream that sends nothing keeps the network thread in a read for up to
+        # `read_timeout_seconds`: end it now, or a stop or pause waits for it.
+        if self._input is not None:
+            self._input.interrupt()
+
     def _acknowledge(self, generation: int, handles: Sequence[Any]) -> None:
         """A live camera does not replay: nothing to acknowledge. A watch folder's files
         whose records Kafka has committed go to `done_folder` (the generation does not
@@ -386,7 +440,7 @@ class _CameraReceiver(Receiver[Item]):
             parts: list[Iterator[tuple[dict[str, str], bytes]]] = []
             assert self._input is not None
             mjpeg = self._input
-            connect = lambda: parts.append(mjpeg.open())  # noqa: E731 - bound per connection
+            connect = lambda: parts.append(mjpeg.open(stop))  # noqa: E731 - bound per connection
             serve = lambda: self._read_parts(parts.pop())  # noqa: E731
             disconnect = mjpeg.close
         run_connection_loop(
@@ -402,6 +456,8 @@ class _CameraReceiver(Receiver[Item]):
         try:
             serve()
         except Exception as err:
+            if self._stop.is_set():
+                return  # the stop ended the read (`_wake`): not a lost link
             self._link_lost(str(err) or type(err).__name__)
             raise
         if not self._stop.is_set():
@@ -505,7 +561,15 @@ class _CameraReceiver(Receiver[Item]):
 
     def _open_video(self, capture: list[Any]) -> None:
         url = self._config.url
-        opened = cv2.VideoCapture(int(url) if url.isdigit() else url)
+        if _NETWORK_URL.match(url):
+            # FFmpeg waits 30 s for a quiet stream by default, past a stop's 10 s join; a
+            # capture cannot be released under a read, so its reads time out instead.
+            wait_ms = round(self._config.read_timeout_seconds * 1000)
+            opened = cv2.VideoCapture(url, cv2.CAP_ANY, [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, wait_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, wait_ms,
+            ])  # fmt: skip
+        else:
+            opened = cv2.VideoCapture(int(url) if url.isdigit() else url)
         if not opened.isOpened():
             raise ConnectionError(f"cv2.VideoCapture cannot open {url!r}")
         capture.append(opened)

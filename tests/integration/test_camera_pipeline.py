@@ -13,6 +13,9 @@ One pipeline (`python -m data_ingestion run`) reads two cameras:
   a frame of the wrong size, a part missing MIK-1 headers, a non-numeric
   Content-Length, a part cut short by the closing connection): each is a dead
   letter with its reason, and the source keeps reconnecting and reading.
+
+Without the pipeline: a camera that answered and then sends nothing does not hold
+up the source's stop (the read waiting for a frame ends when it stops).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import cv2
 import numpy as np
 import pytest
 
+from connectors.camera import _CameraReceiver
+from connectors.camera_config import CameraSource
 from data_ingestion.testing import PipelineProcess, TopicReader, pipeline_config, wait_until
 from records import format_ts
 from simulators.mik1_process import Mik1CameraProcess
@@ -235,3 +240,41 @@ def test_each_kind_of_bad_part_is_dead_lettered_and_the_source_keeps_going(line:
     lost = [a for a in line.alerts.records
             if a["device"] == "bad" and a["rule"] == "camera_link_lost"]  # fmt: skip
     assert lost and "inside a part" in lost[0]["detail"], lost
+
+
+class _IdleCamera(http.server.BaseHTTPRequestHandler):
+    """Sends the stream's headers, then no part: holds the connection until the client ends it."""
+
+    answered = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.end_headers()
+        self.wfile.flush()
+        type(self).answered.set()
+        self.rfile.read(1)  # returns once the client closed its end
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+def test_stop_ends_a_connection_that_waits_for_a_frame() -> None:
+    # No Kafka, no pipeline: the receiver a camera source runs, against a camera that
+    # answered and then sends nothing. The read timeout is far beyond stop's 10 s join,
+    # so only stop itself can end the read that waits for the first part.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _IdleCamera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = CameraSource(name="idle", url=f"http://127.0.0.1:{server.server_port}/stream",
+                          read_timeout_seconds=600)  # fmt: skip
+    receiver = _CameraReceiver(config)
+    receiver.start()
+    try:
+        assert _IdleCamera.answered.wait(30), "the receiver never connected"
+    finally:
+        receiver.stop()
+        server.shutdown()
+        server.server_close()
+    # stop() joins with a 10 s timeout: a thread still here was abandoned, not ended.
+    left = [t.name for t in threading.enumerate() if t.name.startswith(receiver.label)]
+    assert left == [], "stop returned with the camera's threads still running"
