@@ -113,6 +113,10 @@ _SHOWN_REASONS = 20
 # A client that stalls a request (or a TLS handshake) frees its thread after this.
 _REQUEST_TIMEOUT_SECONDS = 30.0
 _MAX_AUDIT_OUTBOX = 1000
+# The health producer's reconnect backoff cap (kafka-python's default is 30 s).
+_RECONNECT_BACKOFF_MAX_MS = 1000
+# How long a force-closed producer's I/O thread gets to fail its pending records.
+_FORCE_CLOSE_JOIN_SECONDS = 1.0
 _REALM = 'realm="glass-ingest"'
 
 
@@ -207,7 +211,9 @@ class _HealthWriter:
     """The launcher's own Kafka producer: health records, health alerts, audit records.
 
     Alerts and audit records that Kafka did not take wait in an outbox for the
-    next check.
+    next check; a write Kafka did not take drops the producer (`discard`), so
+    the next write starts on a fresh connection. `close` (at stop) hands Kafka
+    what still waits, for a bounded time, and never raises.
     """
 
     def __init__(self, config: DataIngestionConfig) -> None:
@@ -225,12 +231,18 @@ class _HealthWriter:
 
             timeout_ms = int(self._config.monitoring.kafka_probe_timeout_seconds * 1000)
             settings = producer_settings(self._config.kafka)
-            settings.update(bootstrap_timeout_ms=timeout_ms, max_block_ms=timeout_ms)
+            settings.update(
+                bootstrap_timeout_ms=timeout_ms,
+                max_block_ms=timeout_ms,
+                # A probe: once the broker is back it must find it within a
+                # second, not after kafka-python's reconnect backoff (up to 30 s).
+                reconnect_backoff_max_ms=min(timeout_ms, _RECONNECT_BACKOFF_MAX_MS),
+            )
             producer = KafkaProducer(**settings)
             try:
                 self._ensure_topic(settings)
             except Exception:
-                producer.close(timeout=0)
+                _discard_producer(producer)
                 raise
             self._producer = producer
         return self._producer
@@ -258,53 +270,72 @@ class _HealthWriter:
         finally:
             admin.close()
 
-    def write(self, record: dict[str, Any], alerts: list[Alert], timeout: float) -> None:
-        """Sends the health record and every alert waiting; raises if Kafka did not take them."""
-        self._outbox.extend(alerts)
-        producer = self._connect()
-        name = self._config.pipeline.name
-        futures = [
-            producer.send(
-                self._config.monitoring.health_topic,
-                key=name.encode(),
-                value=orjson.dumps(record),
-                headers=[("source", b"pipeline"), ("schema", b"health/1")],
+    def _send(
+        self, producer: Any, record: dict[str, Any] | None, audits: list[dict[str, Any]]
+    ) -> list[Any]:
+        """Sends `record` (if any), `audits` and the outbox; their futures in that order."""
+        topic, key = self._config.monitoring.health_topic, self._config.pipeline.name.encode()
+        futures = []
+        if record is not None:
+            futures.append(
+                producer.send(
+                    topic,
+                    key=key,
+                    value=orjson.dumps(record),
+                    headers=[("source", b"pipeline"), ("schema", b"health/1")],
+                )
             )
-        ]
-        with self._audit_lock:
-            audits, self._audits = self._audits, []
         for entry in audits:
             futures.append(
                 producer.send(
-                    self._config.monitoring.health_topic,
-                    key=name.encode(),
+                    topic,
+                    key=key,
                     value=orjson.dumps(entry),
                     headers=[("source", b"control"), ("schema", b"audit/1")],
                 )
             )
         for alert in self._outbox:
             # Encoded as the pipeline's own alert sink encodes them.
-            key, value, timestamp_ms, headers = encode_alert(alert)
+            alert_key, value, timestamp_ms, headers = encode_alert(alert)
             futures.append(
                 producer.send(
                     self._config.kafka.topics.alerts,
-                    key=key,
+                    key=alert_key,
                     value=value,
                     timestamp_ms=timestamp_ms,
                     headers=headers,
                 )
             )
+        return futures
+
+    def _take_audits(self) -> list[dict[str, Any]]:
+        with self._audit_lock:
+            audits, self._audits = self._audits, []
+        return audits
+
+    def _return_audits(self, audits: list[dict[str, Any]]) -> None:
+        with self._audit_lock:
+            self._audits[:0] = audits  # again with the next write
+
+    def _sent(self) -> None:
+        sent, self._outbox = self._outbox, []
+        for alert in sent:
+            metrics.sink_stats().note_alert(alert)
+
+    def write(self, record: dict[str, Any], alerts: list[Alert], timeout: float) -> None:
+        """Sends the health record and every alert waiting; raises if Kafka did not take them."""
+        self._outbox.extend(alerts)
+        audits = self._take_audits()
         try:
+            producer = self._connect()
+            futures = self._send(producer, record, audits)
             producer.flush(timeout=timeout)
             for future in futures:
                 future.get(timeout=0.001)
         except Exception:
-            with self._audit_lock:
-                self._audits[:0] = audits  # again with the next check
+            self._return_audits(audits)
             raise
-        sent, self._outbox = self._outbox, []
-        for alert in sent:
-            metrics.sink_stats().note_alert(alert)
+        self._sent()
 
     def queue(self, alert: Alert) -> None:
         """Sends `alert` with the next write."""
@@ -317,15 +348,81 @@ class _HealthWriter:
             del self._audits[:-_MAX_AUDIT_OUTBOX]
 
     def take_outboxes(self, other: _HealthWriter) -> None:
-        """What `other` had not sent yet goes with this writer's next write."""
+        """What `other` had not sent yet goes with this writer's next write (not with `other`)."""
         self._outbox.extend(other._outbox)
+        other._outbox = []
         with other._audit_lock, self._audit_lock:
             self._audits.extend(other._audits)
+            other._audits = []
 
-    def close(self) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=5)
-            self._producer = None
+    def discard(self) -> None:
+        """Drops the producer at once, with what it holds: the alerts and audit records of
+        a write that failed still wait here for the next one (a health record is not sent
+        again: the next check writes a fresh one)."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            _discard_producer(producer)
+
+    def close(self, timeout: float) -> None:
+        """Hands Kafka the alerts and audit records still waiting, for at most about
+        `timeout` seconds (plus a connection's own `kafka_probe_timeout_seconds` when
+        none is open), then closes. Never raises: what Kafka did not take is logged in
+        one WARNING (a stop after a broker outage still ends cleanly)."""
+        deadline = time.monotonic() + timeout
+        audits = self._take_audits()
+        alerts = len(self._outbox)
+        if not audits and not alerts:
+            self._close_producer(deadline)
+            return
+        try:
+            producer = self._connect()
+            futures = self._send(producer, None, audits)
+            try:
+                producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - the futures say what is still out
+                pass
+            failed = [future for future in futures if not future.succeeded()]
+            errors = [f.exception for f in failed if f.is_done and f.exception is not None]
+            reason = str(errors[0]) if errors else f"not acknowledged within {timeout:.0f} s"
+        except Exception as err:  # noqa: BLE001 - whatever Kafka says, it did not take them
+            failed, reason = [None] * (len(audits) + alerts), str(err) or type(err).__name__
+        if failed:
+            _LOGGER.warning(
+                "monitoring: at stop Kafka did not take %d of %d waiting alert and audit "
+                "record(s) (%s); they are not sent", len(failed), len(audits) + alerts, reason,
+            )  # fmt: skip
+            self.discard()
+        else:
+            self._sent()
+            self._close_producer(deadline)
+
+    def _close_producer(self, deadline: float) -> None:
+        """Closes the producer (whatever it holds gets until `deadline`); never raises."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.close(timeout=max(0.0, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - kafka-python 3 raises if its flush timed out
+            _discard_producer(producer)
+
+
+def _discard_producer(producer: Any) -> None:
+    """Closes a kafka-python producer at once, failing what it holds; never raises.
+
+    kafka-python 3's `close(timeout)` flushes first and raises `KafkaTimeoutError`
+    when that flush times out (even with timeout 0), leaving its I/O thread running:
+    that thread is force-closed here (its pending records fail), then the producer
+    closes with nothing left to flush.
+    """
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(_FORCE_CLOSE_JOIN_SECONDS)
+    try:
+        producer.close(timeout=0)
+    except Exception as err:  # noqa: BLE001 - nothing more to do for a producer given up
+        _LOGGER.debug("monitoring: closing a health producer: %s", err)
 
 
 class Monitor:
@@ -455,7 +552,7 @@ class Monitor:
         writer = _HealthWriter(config)
         writer.take_outboxes(self._writer)
         old, self._writer = self._writer, writer
-        old.close()
+        old.close(self._settings.kafka_probe_timeout_seconds)
         self._config = config
         self._settings = config.monitoring
         self._sources = [(kind, source.name) for kind, _, source in config.sources.declared()]
@@ -470,7 +567,7 @@ class Monitor:
             self._server.server_close()
         for thread in self._threads:
             thread.join(timeout=10)
-        self._writer.close()
+        self._writer.close(self._settings.kafka_probe_timeout_seconds)
 
     # -- checks
 
@@ -589,7 +686,7 @@ class Monitor:
         except Exception as err:  # noqa: BLE001 - whatever Kafka says, it did not take it
             failed_before = self._probe.ok is False
             self._probe = _KafkaProbe(False, now, str(err) or type(err).__name__)
-            self._writer.close()
+            self._writer.discard()
             if not failed_before:
                 _LOGGER.warning("monitoring: Kafka did not take the health record (%s)", err)
             if not self._stopping.is_set():

@@ -3,11 +3,14 @@ acknowledgements, and everything arrives once Kafka is back.
 
 One outage for both Kafka clients: a pipeline per client (`kafka.client`), each
 on its own topics, reads the same private Mosquitto; Kafka is SIGKILLed once
-while both run, and each client's test checks its own pipeline.
+while both run, and each client's test checks its own pipeline. Last, both get
+SIGTERM: a stop after a broker restart is a clean stop (exit 0, nothing the
+health writer still held reported lost).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,15 +55,42 @@ def _wait_for_records(kafka: str, topic: str, count: int) -> None:
         reader.close()
 
 
-@pytest.fixture(scope="module")
-def outage(
-    tmp_path_factory: pytest.TempPathFactory, prism_binary: Path
-) -> Iterator[dict[str, tuple[PipelineProcess, str, str]]]:
+@dataclasses.dataclass
+class Outage:
     """Both pipelines through the outage: {client: (pipeline, kafka, readings topic)}."""
+
+    pipelines: dict[str, tuple[PipelineProcess, str, str]]
+    exit_codes: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM to every pipeline still running, all at once (each may wait out a
+        producer's close timeout); their exit codes by client."""
+
+        def terminate(client: str, process: PipelineProcess) -> None:
+            self.exit_codes[client] = process.terminate()
+
+        stopping = [
+            threading.Thread(target=terminate, args=(client, process))
+            for client, (process, _, _) in self.pipelines.items()
+            if process.alive()
+        ]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
+        for client, (process, _, _) in self.pipelines.items():
+            self.exit_codes.setdefault(client, process.wait(0))  # one that ended before
+        return self.exit_codes
+
+
+@pytest.fixture(scope="module")
+def outage(tmp_path_factory: pytest.TempPathFactory, prism_binary: Path) -> Iterator[Outage]:
+    """Both pipelines through the outage, Kafka back; stopped at the end if still running."""
     tmp = tmp_path_factory.mktemp("kafka-outage")
     private_stack = PrivateStack(tmp / "stack")
     kafka, mqtt_port = private_stack.kafka, private_stack.mqtt_port
     pipelines: dict[str, tuple[PipelineProcess, str, str]] = {}
+    outage = Outage(pipelines)
     try:
         for client in _CLIENTS:
             workdir = tmp / client
@@ -84,26 +114,15 @@ def outage(
             _wait_for_log(process, lambda log: "kafka" in log.lower(), 50, 60)
         private_stack.start_kafka()
         publish(mqtt_port, _messages(1_000, 500))
-        yield pipelines
+        yield outage
     finally:
-        # Both stop at once: each may wait out a producer's close timeout.
-        stopping = [
-            threading.Thread(target=process.terminate)
-            for process, _, _ in pipelines.values()
-            if process.alive()
-        ]
-        for thread in stopping:
-            thread.start()
-        for thread in stopping:
-            thread.join()
+        outage.stop()
         stack.down(private_stack.root)
 
 
 @pytest.mark.parametrize("client", _CLIENTS)
-def test_kafka_outage_loses_nothing(
-    outage: dict[str, tuple[PipelineProcess, str, str]], client: str
-) -> None:
-    process, kafka, topic = outage[client]
+def test_kafka_outage_loses_nothing(outage: Outage, client: str) -> None:
+    process, kafka, topic = outage.pipelines[client]
     reader = TopicReader(kafka, topic)
     expected = {_BASE_MS + i for i in range(1_500)}
 
@@ -122,3 +141,17 @@ def test_kafka_outage_loses_nothing(
     finally:
         reader.close()
     assert process.alive(), f"the pipeline must ride out the outage:\n{process.log_tail()}"
+
+
+@pytest.mark.parametrize("client", _CLIENTS)
+def test_a_stop_after_the_outage_is_clean(outage: Outage, client: str) -> None:
+    """SIGTERM after the broker restart: exit 0, no error, and the health writer
+    (its own kafka-python producer, whichever client the sink uses) lost nothing."""
+    process = outage.pipelines[client][0]
+    code = outage.stop()[client]
+    log = process.log_tail(100_000)
+    assert code == 0, f"the stop failed (exit {code}):\n{process.log_tail(60)}"
+    assert "stopped by an error" not in log, process.log_tail(60)
+    # A routine broker restart: the health check reports Kafka down and back, no error.
+    assert "monitoring: health check failed" not in log, process.log_tail(60)
+    assert "monitoring: at stop Kafka did not take" not in log, process.log_tail(60)
