@@ -275,25 +275,16 @@ class _HealthWriter:
     ) -> list[Any]:
         """Sends `record` (if any), `audits` and the outbox; their futures in that order."""
         topic, key = self._config.monitoring.health_topic, self._config.pipeline.name.encode()
-        futures = []
-        if record is not None:
-            futures.append(
-                producer.send(
-                    topic,
-                    key=key,
-                    value=orjson.dumps(record),
-                    headers=[("source", b"pipeline"), ("schema", b"health/1")],
-                )
+        health = [] if record is None else [(record, b"pipeline", b"health/1")]
+        futures = [
+            producer.send(
+                topic,
+                key=key,
+                value=orjson.dumps(entry),
+                headers=[("source", source), ("schema", schema)],
             )
-        for entry in audits:
-            futures.append(
-                producer.send(
-                    topic,
-                    key=key,
-                    value=orjson.dumps(entry),
-                    headers=[("source", b"control"), ("schema", b"audit/1")],
-                )
-            )
+            for entry, source, schema in health + [(a, b"control", b"audit/1") for a in audits]
+        ]
         for alert in self._outbox:
             # Encoded as the pipeline's own alert sink encodes them.
             alert_key, value, timestamp_ms, headers = encode_alert(alert)
