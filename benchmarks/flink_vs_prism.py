@@ -39,10 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from benchmarks._measure import (
     TopicEnd,
@@ -55,7 +51,14 @@ from benchmarks._measure import (
 )
 from benchmarks.mqtt_to_kafka import _payloads, _queue_for_new_session
 from data_ingestion import flink_stack, stack
-from data_ingestion.testing import REPO, PipelineProcess, pipeline_config, publish, wait_until
+from data_ingestion.testing import (
+    REPO,
+    PipelineProcess,
+    persistent_mqtt5_session,
+    pipeline_config,
+    publish,
+    wait_until,
+)
 
 _FIRST_ARRIVAL_TIMEOUT = 300.0
 _DRAIN_TIMEOUT = 1200.0
@@ -209,14 +212,8 @@ def _queue_for_shared_sessions(
     `<id>`, `<id>-1`, ...; share group `<id>`), subscribed while offline, with
     `messages` dealt among them by the broker. Returns the source's client id."""
     client_id = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = 3600
     for reader in [client_id, *(f"{client_id}-{i}" for i in range(1, readers))]:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=reader, protocol=mqtt.MQTTv5)
-        client.connect("127.0.0.1", port, clean_start=False, properties=properties)
-        client.subscribe(f"$share/{client_id}/plant/#", qos=1)
-        client.loop(1)
-        client.disconnect()
+        persistent_mqtt5_session(port, reader, f"$share/{client_id}/plant/#")
     publish(port, messages)
     return client_id
 

@@ -914,17 +914,21 @@ class SourcePacing:
             return self.idle_poll_max_seconds
         return _IDLE_POLL_MAX.get()
 
+    def receiver_source(
+        self, key: str, receiver: Callable[[Any], Receiver[Any]], config: Any
+    ) -> ReceiverSource:
+        """One endpoint's `ReceiverSource` (`key`, a receiver of `config`), cut into
+        elements by this pacing."""
+        return ReceiverSource(
+            key, receiver, config, max_batch=self.max_batch,
+            max_skew_seconds=self.max_skew_seconds,
+        )  # fmt: skip
+
     def read_receiver(
         self, key: str, receiver: Callable[[Any], Receiver[Any]], config: Any
     ) -> ReadFromUnboundedSource:
-        """The read of one endpoint: a `ReceiverSource` (`key`, a receiver of `config`)
-        cut into elements and bundles by this pacing."""
-        return self.read(
-            ReceiverSource(
-                key, receiver, config, max_batch=self.max_batch,
-                max_skew_seconds=self.max_skew_seconds,
-            )  # fmt: skip
-        )
+        """The read of one endpoint (`receiver_source`), in bundles of this pacing."""
+        return self.read(self.receiver_source(key, receiver, config))
 
     def read(self, source: UnboundedSource, *more: UnboundedSource) -> ReadFromUnboundedSource:
         """The read of `source`, and of `more` in the same transform: its Create

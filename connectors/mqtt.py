@@ -74,7 +74,6 @@ from connectors.base import (
     READINGS,
     Backoff,
     Receiver,
-    ReceiverSource,
     SourcePacing,
     flatten_outputs,
     paused_sources,
@@ -602,21 +601,12 @@ class ReadFromMqtt(beam.PTransform):
 
     def _read(self, config: MqttSource) -> beam.PTransform:
         """One restriction per reader, each keyed by its own client id."""
-        pacing = self._pacing
-        if config.readers == 1:
-            return pacing.read_receiver(
-                f"mqtt/{config.host}:{config.port}/{config.effective_client_id}",
-                _MqttReceiver,
-                config,
-            )
         readers = [
-            ReceiverSource(
+            self._pacing.receiver_source(
                 f"mqtt/{config.host}:{config.port}/{client_id}",
                 functools.partial(_MqttReceiver, reader=index),
                 config,
-                max_batch=pacing.max_batch,
-                max_skew_seconds=pacing.max_skew_seconds,
             )
             for index, client_id in enumerate(config.reader_client_ids())
         ]
-        return pacing.read(*readers)
+        return self._pacing.read(*readers)

@@ -259,6 +259,31 @@ def publish(
         client.disconnect()
 
 
+def persistent_mqtt5_session(
+    port: int, client_id: str, topic: str, *, host: str = "127.0.0.1"
+) -> None:
+    """A persistent MQTT 5 session of `client_id` subscribed to `topic` at QoS 1 (an
+    hour's expiry), left offline: the broker queues what matches for it."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 3600
+    subscribed: list[Any] = []
+    client.on_subscribe = lambda *args: subscribed.append(args)
+    client.connect(host, port, clean_start=False, properties=properties)
+    client.loop_start()
+    try:
+        client.subscribe(topic, qos=1)
+        wait_until(lambda: subscribed, timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 class TcpProxy:
     """A TCP relay on a free loopback port to `upstream`, that a test can cut.
 

@@ -28,11 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from connectors import metrics
 from connectors.base import PushReader, pause_source, resume_source
@@ -42,6 +38,7 @@ from data_ingestion.local_processes import free_port
 from data_ingestion.testing import (
     PipelineProcess,
     TopicReader,
+    persistent_mqtt5_session,
     pipeline_config,
     publish,
     recent_base_ms,
@@ -156,28 +153,11 @@ def test_broker_deals_each_message_to_one_reader_and_keeps_an_offline_readers_sh
     assert first.label == again.label == f"mqtt[{config.name}]"
 
 
-def _persistent_session(port: int, client_id: str, topic: str) -> None:
-    """A plain persistent MQTT 5 subscription of `client_id`, left offline."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = 3600
-    subscribed: list[Any] = []
-    client.on_subscribe = lambda *args: subscribed.append(args)
-    client.connect(_HOST, port, clean_start=False, properties=properties)
-    client.loop_start()
-    try:
-        client.subscribe(topic, qos=1)
-        wait_until(lambda: subscribed, timeout=10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 def test_switching_to_two_readers_keeps_the_first_session_and_drops_its_plain_subscription(
     private_mosquitto: Any, receivers: list[PushReader[Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
     single = _source(private_mosquitto.port)
-    _persistent_session(private_mosquitto.port, single.effective_client_id, "plant/#")
+    persistent_mqtt5_session(private_mosquitto.port, single.effective_client_id, "plant/#")
     publish(private_mosquitto.port, _payloads(30))  # queued for the stopped single reader
 
     caplog.set_level(logging.INFO, logger="connectors.mqtt")
