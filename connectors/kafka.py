@@ -202,6 +202,7 @@ _REQUEST_TIMEOUT_MS = 30_000
 
 def producer_settings(config: KafkaSink) -> dict[str, Any]:
     """kafka-python producer settings for `config`."""
+    delivery_ms = int(config.delivery_timeout_seconds * 1000)
     settings: dict[str, Any] = {
         "bootstrap_servers": config.bootstrap_servers.split(","),
         "client_id": config.client_id,
@@ -211,13 +212,11 @@ def producer_settings(config: KafkaSink) -> dict[str, Any]:
         "linger_ms": config.linger_ms,
         "batch_size": config.batch_size_bytes,
         "max_request_size": config.max_request_size_bytes,
-        "delivery_timeout_ms": int(config.delivery_timeout_seconds * 1000),
-        "max_block_ms": int(config.delivery_timeout_seconds * 1000),
+        "delivery_timeout_ms": delivery_ms,
+        "max_block_ms": delivery_ms,
         # kafka-python refuses a delivery timeout under linger + request timeout
         # (30 s by default): a shorter delivery timeout shortens the requests.
-        "request_timeout_ms": min(
-            _REQUEST_TIMEOUT_MS, int(config.delivery_timeout_seconds * 1000) - config.linger_ms
-        ),
+        "request_timeout_ms": min(_REQUEST_TIMEOUT_MS, delivery_ms - config.linger_ms),
         # Topics are made by `ensure_topics` with their partitions, never by a
         # send's metadata request with the broker's defaults.
         "allow_auto_create_topics": False,
