@@ -50,7 +50,9 @@ class Collected:
         assert isinstance(reader, PushReader)
         self.reader = reader
         self.items: list[Any] = []
-        self.reader.start()
+        # Like the runner, take the batch `start` already drained: the first poll may be in it.
+        if self.reader.start():
+            self.items.extend(self.reader.get_current())
 
     def drain(self) -> None:
         while self.reader.advance():
