@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,11 +248,13 @@ def flink_run(
     analytics: bool = False,
     readers: int = 1,
     sdk_workers: int = 1,
+    flink_options: Sequence[str] = (),
 ) -> dict[str, Any]:
     config, count = _prepare(workdir, kafka, port, messages, analytics=analytics, readers=readers)
     with _flink(workdir / "flink") as (cluster, groups):
         launcher = _Launcher(
-            _flink_args(config, cluster, parallelism, sdk_workers), workdir / "launcher.log"
+            [*_flink_args(config, cluster, parallelism, sdk_workers), *flink_options],
+            workdir / "launcher.log",
         )
         try:
             result = _drain(count, readings, {**groups, "launcher": launcher.process.pid})
@@ -294,11 +296,13 @@ def throughput(args: argparse.Namespace, kafka: str, workdir: Path, port: int) -
                 result = flink_run(
                     run_dir, kafka, port, messages, readings, parallelism, analytics=analytics,
                     readers=args.readers, sdk_workers=args.sdk_worker_parallelism,
+                    flink_options=args.flink_option,
                 )  # fmt: skip
             run = {
                 "engine": engine,
                 "readers": args.readers,
                 "sdk_worker_parallelism": args.sdk_worker_parallelism,
+                "flink_options": args.flink_option,
                 "readings_per_message": per_message,
                 "messages": count,
                 **result,
@@ -511,6 +515,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--sdk-worker-parallelism", type=int, default=1, help="Python workers per TaskManager"
+    )
+    parser.add_argument(
+        "--flink-option",
+        action="append",
+        default=[],
+        help="a pipeline option for the Flink runs, such as --flink-option=--max_bundle_size=5000"
+        " (repeatable)",
     )
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=500.0)
