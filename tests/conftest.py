@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -94,6 +95,22 @@ class PrivateMosquitto:
                 self._proc.send_signal(signum)
             self._proc.wait()
             self._proc = None
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Undoes what a CLI's `main()`, run in the test process, did to the root logger.
+
+    Its handler writes to that test's captured stderr, which pytest closes:
+    the threads of later tests would log "I/O operation on closed file".
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
