@@ -3,7 +3,10 @@ the machine, the machine's description, percentiles, child processes that die
 with the benchmark, and a topic's record count from its end offsets; a
 process's tree of descendants, a least-squares slope, an MQTT publisher that
 keeps a schedule of rates (`PublishPlan`, `ScheduledPublisher`) and a reader
-of a whole topic (`read_topic`)."""
+of a whole topic (`read_topic`); a spawned child in a process group of its own
+(`SpawnedChild`, `child_setup`), a queue drained by a pipeline and timed
+(`queue_while_stopped`, `timed_drain`), and a benchmark's closing lines and JSON
+(`print_goals`, `write_results`)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import collections
 import contextlib
 import ctypes
 import dataclasses
+import json
+import logging
 import math
 import multiprocessing
 import os
@@ -20,13 +25,13 @@ import signal
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Self
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -34,7 +39,7 @@ from kafka import KafkaConsumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
 from data_ingestion import stack
-from data_ingestion.testing import publish, wait_until
+from data_ingestion.testing import PipelineProcess, TopicReader, publish, wait_until
 
 __all__ = [
     "group_cpu_seconds",
@@ -58,6 +63,12 @@ __all__ = [
     "ScheduledPublisher",
     "read_topic",
     "warmed_up",
+    "SpawnedChild",
+    "child_setup",
+    "queue_while_stopped",
+    "timed_drain",
+    "print_goals",
+    "write_results",
 ]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -550,3 +561,137 @@ def warmed_up(process: Any, port: int, root: str, delivered: Callable[[], int]) 
     publish(port, [(f"{root}/warmup", orjson.dumps(warm))])
     wait_until(lambda: delivered() > 0, timeout=120, describe=process.log_tail)
     return delivered()
+
+
+class SpawnedChild:
+    """A spawned child process in a process group of its own, killed as a group:
+    whatever it starts (Prism, its SDK workers) ends with it.
+
+    The target gets `(*args, log_path, *counters)`: one shared counter per name in
+    `counters`, read here with `count(name)`. The child logs (and writes any
+    traceback) to `log_path`: its target starts with `child_setup(log_path)`.
+    """
+
+    def __init__(
+        self,
+        target: Callable[..., None],
+        args: tuple[Any, ...],
+        log_path: Path,
+        counters: tuple[str, ...] = ("received",),
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.log_path = log_path
+        self.counters: dict[str, Synchronized[int]] = {
+            name: context.Value("q", 0) for name in counters
+        }
+        self._process = context.Process(
+            target=target, args=(*args, str(log_path), *self.counters.values()), daemon=True
+        )
+
+    def __enter__(self) -> Self:
+        self._process.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it never got to its own group
+            self._process.kill()
+        self._process.join(30)
+
+    @property
+    def pid(self) -> int:
+        pid = self._process.pid
+        assert pid is not None
+        return pid
+
+    def count(self, name: str) -> int:
+        return int(self.counters[name].value)
+
+    def received(self) -> int:
+        return self.count("received")
+
+    def alive(self) -> str | None:
+        """None while the child runs; once it has ended, why, with the end of its log."""
+        if self._process.is_alive():
+            return None
+        return (
+            f"child process {self.pid} exited with code {self._process.exitcode}; "
+            f"its log ends:\n{tail(self.log_path)}"
+        )
+
+    def python_cpu(self) -> float:
+        return pid_cpu_seconds(self.pid)
+
+    def rest_of_group_cpu(self) -> float:
+        return group_cpu_seconds(self.pid, exclude=(self.pid,))
+
+
+def child_setup(log_path: str, *, quiet: Iterable[str] = ()) -> None:
+    """In a `SpawnedChild`: its own process group, dies with the benchmark, logs at
+    INFO to `log_path` (the loggers in `quiet` at WARNING)."""
+    os.setsid()
+    die_with_parent()
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 2)  # tracebacks too
+    os.close(log)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
+    )
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def queue_while_stopped(
+    process: PipelineProcess, port: int, messages: list[tuple[str, bytes]]
+) -> None:
+    """Queues `messages` on the Mosquitto on `port` for the pipeline `process` to
+    drain at its next start: its first run creates its persistent MQTT session (and
+    its topics) and stops, so the messages wait in the broker meanwhile. Its MQTT
+    source is the one `pipeline_config` makes, named `iot`."""
+    process.start()
+    wait_until(
+        lambda: "mqtt[iot]: connected to" in process.log_tail(400),
+        timeout=120,
+        describe=process.log_tail,
+    )
+    process.terminate()
+    publish(port, messages)
+
+
+def timed_drain(
+    reader: TopicReader,
+    records: int,
+    pgid: int,
+    during: contextlib.AbstractContextManager[Any] | None = None,
+) -> tuple[float, float]:
+    """Wall seconds and CPU-seconds of process group `pgid` from the first record
+    `reader` sees to the `records`-th: the pipeline's start-up is left out. `during`
+    is entered over that window (a profiler, say)."""
+    wait_until(lambda: reader.poll(200) > 0 or bool(reader.records), timeout=180, step=lambda: None)
+    with during if during is not None else contextlib.nullcontext():
+        first_arrival = time.perf_counter()
+        cpu_start = group_cpu_seconds(pgid)
+        wait_until(
+            lambda: len(reader.records) >= records,
+            timeout=900,
+            step=lambda: reader.poll(200),
+            describe=lambda: f"{len(reader.records)} of {records}",
+        )
+        elapsed = time.perf_counter() - first_arrival
+        cpu = group_cpu_seconds(pgid) - cpu_start
+    return elapsed, cpu
+
+
+def print_goals(lines: list[str], started: float) -> None:
+    """A benchmark's last words: its goal lines (and notes), then how long the whole
+    run took, from `started` (its `time.monotonic()` at the start)."""
+    print("\n".join(lines))
+    print(f"({time.monotonic() - started:.0f} s in all)", flush=True)
+
+
+def write_results(path: Path | None, results: dict[str, Any]) -> None:
+    """Writes `results` as JSON to `path` (the benchmark's `--json`), if one was given;
+    what JSON cannot hold (a path, say) as its text."""
+    if path is not None:
+        path.write_text(json.dumps(results, indent=2, default=str))

@@ -74,7 +74,9 @@ from benchmarks._measure import (
     machine_busy_seconds,
     percentile,
     pid_cpu_seconds,
+    print_goals,
     process_cpu_seconds,
+    write_results,
 )
 from benchmarks.camera_detection_quality import generate, load_truth
 from connectors.camera_config import CameraDetection, CameraStation
@@ -685,10 +687,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for note in result["notes"]:
                 print(f"{key}: {note}")
     results["goals"] = _goals(results)
-    print("\n".join(results["goals"]))
-    print(f"({time.monotonic() - started:.0f} s in all)", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+    print_goals(results["goals"], started)
+    write_results(args.json, results)
     return results
 
 

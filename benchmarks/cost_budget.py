@@ -33,7 +33,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks._measure import child_pids, machine, pid_cpu_seconds, private_mosquitto
+from benchmarks._measure import (
+    child_pids,
+    machine,
+    pid_cpu_seconds,
+    private_mosquitto,
+    write_results,
+)
 from benchmarks.mqtt_to_kafka import _payloads, pipeline_drain
 from data_ingestion import stack
 
@@ -180,8 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 }
                 results["runs"].append(run)
                 print(json.dumps(run, indent=2), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
     return results
 
 

@@ -48,6 +48,7 @@ from benchmarks._measure import (
     load_average,
     machine,
     rss_bytes,
+    write_results,
 )
 from benchmarks.mqtt_to_kafka import _payloads, _queue_for_new_session
 from data_ingestion import flink_stack, stack
@@ -538,8 +539,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             if args.part in ("throughput", "all"):
                 results["throughput"] = throughput(args, kafka, workdir, port)
-                if args.json:
-                    args.json.write_text(json.dumps(results, indent=2))
+                write_results(args.json, results)
             if args.part in ("long", "all"):
                 long_json = args.json.with_suffix(".long.json") if args.json else None
                 results["long"] = long_run(args, kafka, workdir, port, long_json)
@@ -547,8 +547,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:
             broker.terminate()
             broker.wait()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
     return results
 
 

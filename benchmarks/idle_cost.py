@@ -61,6 +61,7 @@ from benchmarks._measure import (
     percentile,
     pid_cpu_seconds,
     rss_bytes,
+    write_results,
 )
 from data_ingestion import stack
 from data_ingestion.testing import (
@@ -464,8 +465,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
             )
     print(_markdown(results), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
     return results
 
 

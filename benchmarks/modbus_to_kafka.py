@@ -65,9 +65,7 @@ import inspect
 import json
 import logging
 import math
-import multiprocessing
 import os
-import signal
 import socket
 import struct
 import tempfile
@@ -84,15 +82,17 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from benchmarks._measure import (
+    SpawnedChild,
     TopicEnd,
-    die_with_parent,
+    child_setup,
     exit_on_sigterm,
     group_cpu_seconds,
     machine,
     machine_busy_seconds,
     pid_cpu_seconds,
+    print_goals,
     process_cpu_seconds,
-    tail,
+    write_results,
 )
 from connectors.modbus import ALERTS, READINGS, ReadFromModbus, plan_reads, requests_per_poll
 from connectors.modbus_config import ModbusRegister, ModbusSource
@@ -268,59 +268,15 @@ def _rates(first: _Sample, last: _Sample) -> dict[str, Any]:
 # -- child processes ------------------------------------------------------------------
 
 
-class _Child:
-    """A spawned child process in a process group of its own, killed as a group.
-
-    The target gets `(*args, log_path, received, alerts)`: two shared counters.
-    """
+class _Child(SpawnedChild):
+    """A `SpawnedChild` counting what it received and the alerts it saw: the target
+    gets `(*args, log_path, received, alerts)`."""
 
     def __init__(self, target: Callable[..., None], args: tuple[Any, ...], log_path: Path) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.log_path = log_path
-        self.counter: Synchronized[int] = context.Value("q", 0)
-        self.alert_counter: Synchronized[int] = context.Value("q", 0)
-        self._process = context.Process(
-            target=target,
-            args=(*args, str(log_path), self.counter, self.alert_counter),
-            daemon=True,
-        )
-
-    def __enter__(self) -> _Child:
-        self._process.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:  # it never got to its own group
-            self._process.kill()
-        self._process.join(30)
-
-    @property
-    def pid(self) -> int:
-        pid = self._process.pid
-        assert pid is not None
-        return pid
-
-    def received(self) -> int:
-        return int(self.counter.value)
+        super().__init__(target, args, log_path, counters=("received", "alerts"))
 
     def alerts(self) -> int:
-        return int(self.alert_counter.value)
-
-    def alive(self) -> str | None:
-        if self._process.is_alive():
-            return None
-        return (
-            f"child process {self.pid} exited with code {self._process.exitcode}; "
-            f"its log ends:\n{tail(self.log_path)}"
-        )
-
-    def python_cpu(self) -> float:
-        return pid_cpu_seconds(self.pid)
-
-    def rest_of_group_cpu(self) -> float:
-        return group_cpu_seconds(self.pid, exclude=(self.pid,))
+        return self.count("alerts")
 
     def measured(self, *, with_group: bool) -> _Measured:
         parts: dict[str, Callable[[], float]] = (
@@ -333,16 +289,7 @@ class _Child:
 
 def _child_setup(log_path: str) -> None:
     """In a child: its own process group, dies with the benchmark, logs to `log_path`."""
-    os.setsid()
-    die_with_parent()
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 2)  # tracebacks too
-    os.close(log)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
-    )
-    for name in ("apache_beam", "PrismRunner", "pymodbus"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    child_setup(log_path, quiet=("apache_beam", "PrismRunner", "pymodbus"))
 
 
 def _free_ports(count: int) -> list[int]:
@@ -942,10 +889,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["notes"] = notes
     results["goals"] = _goals(results)
     results["references"] = _references(results, args.devices)
-    print("\n".join([*notes, *results["goals"], *results["references"]]))
-    print(f"({time.monotonic() - started:.0f} s in all)", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+    print_goals([*notes, *results["goals"], *results["references"]], started)
+    write_results(args.json, results)
     return results
 
 

@@ -35,7 +35,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks._measure import group_cpu_seconds, machine, private_mosquitto
+from benchmarks._measure import (
+    machine,
+    private_mosquitto,
+    queue_while_stopped,
+    timed_drain,
+    write_results,
+)
 from benchmarks.mqtt_to_kafka import _payloads
 from connectors import metrics
 from connectors.base import PushReader, Receiver
@@ -45,8 +51,6 @@ from data_ingestion.testing import (
     PipelineProcess,
     TopicReader,
     pipeline_config,
-    publish,
-    wait_until,
 )
 from records import Reading
 
@@ -143,15 +147,7 @@ def drain(
     }
     path.write_text(json.dumps(config))
     process = PipelineProcess(path, prism, workdir / "pipeline.log")
-    # The first run makes the persistent session (and topics), then stops.
-    process.start()
-    wait_until(
-        lambda: "mqtt[iot]: connected to" in process.log_tail(400),
-        timeout=120,
-        describe=process.log_tail,
-    )
-    process.terminate()
-    publish(port, messages)
+    queue_while_stopped(process, port, messages)
     reader = TopicReader(kafka, topics["readings"])
     stop = threading.Event()
     scraper = threading.Thread(target=_scrape, args=(f"http://127.0.0.1:{http_port}/", stop))
@@ -161,19 +157,7 @@ def drain(
     if monitoring:
         scraper.start()
     try:
-        wait_until(
-            lambda: reader.poll(200) > 0 or bool(reader.records), timeout=180, step=lambda: None
-        )
-        first = time.perf_counter()
-        cpu_start = group_cpu_seconds(pgid)
-        wait_until(
-            lambda: len(reader.records) >= readings,
-            timeout=900,
-            step=lambda: reader.poll(200),
-            describe=lambda: f"{len(reader.records)} of {readings}",
-        )
-        elapsed = time.perf_counter() - first
-        cpu = group_cpu_seconds(pgid) - cpu_start
+        elapsed, cpu = timed_drain(reader, readings, pgid)
     finally:
         stop.set()
         if scraper.is_alive():
@@ -246,8 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     json.dumps({k: v for k, v in run.items() if k != "samples"}, indent=2),
                     flush=True,
                 )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
     return results
 
 

@@ -40,7 +40,6 @@ Run: `python -m benchmarks mqtt_burst [--rate 10000] [--factor 5]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -73,8 +72,11 @@ from benchmarks._measure import (
     percentile,
     private_mosquitto,
     process_cpu_seconds,
+    queue_while_stopped,
     read_topic,
+    timed_drain,
     warmed_up,
+    write_results,
 )
 from connectors.mqtt import READINGS, ReadFromMqtt
 from connectors.mqtt_config import MqttSource
@@ -237,34 +239,15 @@ def pipeline_drain(
         workdir, kafka_bootstrap=kafka, mqtt_port=port, kafka_client=kafka_client
     )
     process = PipelineProcess(config, prism, workdir / "pipeline.log")
-    # First run creates the persistent session (and topics), then stops.
-    process.start()
-    wait_until(
-        lambda: "mqtt[iot]: connected to" in process.log_tail(400),
-        timeout=120,
-        describe=process.log_tail,
-    )
-    process.terminate()
-    publish(port, messages)
+    queue_while_stopped(process, port, messages)
     reader = TopicReader(kafka, topics["readings"])
     process.start()
     assert process.process is not None
     pgid = process.process.pid
     try:
-        wait_until(
-            lambda: reader.poll(200) > 0 or bool(reader.records), timeout=180, step=lambda: None
+        elapsed, cpu = timed_drain(
+            reader, readings, pgid, during_drain(pgid) if during_drain else None
         )
-        with during_drain(pgid) if during_drain else contextlib.nullcontext():
-            first_arrival = time.perf_counter()
-            cpu_start = group_cpu_seconds(pgid)
-            wait_until(
-                lambda: len(reader.records) >= readings,
-                timeout=900,
-                step=lambda: reader.poll(200),
-                describe=lambda: f"{len(reader.records)} of {readings}",
-            )
-            elapsed = time.perf_counter() - first_arrival
-            cpu = group_cpu_seconds(pgid) - cpu_start
     finally:
         process.terminate()
         reader.close()
@@ -694,8 +677,7 @@ def burst_main(argv: list[str] | None = None) -> dict[str, Any]:
                     )  # fmt: skip
                     results["runs"].append(run)
                     _print_burst(run)
-                    if args.json:
-                        args.json.write_text(json.dumps(results, indent=2))
+                    write_results(args.json, results)
     return results
 
 
@@ -749,8 +731,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 lat_dir, kafka, port, prism, args.latency_rate, args.latency_seconds
             )
             print(json.dumps(results["latency"], indent=2), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
     return results
 
 

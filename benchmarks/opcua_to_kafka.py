@@ -60,9 +60,7 @@ import asyncio
 import json
 import logging
 import math
-import multiprocessing
 import os
-import signal
 import tempfile
 import threading
 import time
@@ -78,16 +76,18 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from asyncua import Client, ua
 
 from benchmarks._measure import (
+    SpawnedChild,
     TopicEnd,
-    die_with_parent,
+    child_setup,
     exit_on_sigterm,
     group_cpu_seconds,
     machine,
     machine_busy_seconds,
     percentile,
     pid_cpu_seconds,
+    print_goals,
     process_cpu_seconds,
-    tail,
+    write_results,
 )
 from connectors.opcua import READINGS, ReadFromOpcUa
 from connectors.opcua_config import OpcUaBrowse, OpcUaSource
@@ -246,69 +246,11 @@ def _rates(first: _Sample, last: _Sample) -> dict[str, Any]:
 # -- child processes ---------------------------------------------------------------
 
 
-class _Child:
-    """A spawned child process in a process group of its own, killed as a group.
-
-    The child logs (and writes any traceback) to `log_path`.
-    """
-
-    def __init__(self, target: Callable[..., None], args: tuple[Any, ...], log_path: Path) -> None:
-        self._context = multiprocessing.get_context("spawn")
-        self.log_path = log_path
-        self.counter: Synchronized[int] = self._context.Value("q", 0)
-        self._process = self._context.Process(
-            target=target, args=(*args, str(log_path), self.counter), daemon=True
-        )
-
-    def __enter__(self) -> _Child:
-        self._process.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:  # it never got to its own group
-            self._process.kill()
-        self._process.join(30)
-
-    @property
-    def pid(self) -> int:
-        pid = self._process.pid
-        assert pid is not None
-        return pid
-
-    def received(self) -> int:
-        return int(self.counter.value)
-
-    def alive(self) -> str | None:
-        if self._process.is_alive():
-            return None
-        return (
-            f"child process {self.pid} exited with code {self._process.exitcode}; "
-            f"its log ends:\n{tail(self.log_path)}"
-        )
-
-    def python_cpu(self) -> float:
-        return pid_cpu_seconds(self.pid)
-
-    def rest_of_group_cpu(self) -> float:
-        return group_cpu_seconds(self.pid, exclude=(self.pid,))
-
-
 def _child_setup(log_path: str) -> None:
     """In a child: its own process group, dies with the benchmark, logs to `log_path`."""
-    os.setsid()
-    die_with_parent()
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 2)  # tracebacks too
-    os.close(log)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
-    )
     # Beam, Prism and asyncua announce their start-up; a lost link stays visible
     # (the asyncua supervisor and the connector log it at INFO and DEBUG).
-    for name in ("apache_beam", "PrismRunner", "asyncua"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    child_setup(log_path, quiet=("apache_beam", "PrismRunner", "asyncua"))
     for name in ("asyncua.client.client", "connectors"):
         logging.getLogger(name).setLevel(logging.DEBUG)
 
@@ -483,7 +425,7 @@ def raw_asyncua(settings: _Settings, items: int) -> dict[str, Any]:
     with log, server:
         args = (settings.link(server.endpoint, items),)
         log_path = settings.workdir / f"raw-{items}.log"
-        with _Child(_raw_client_main, args, log_path) as child:
+        with SpawnedChild(_raw_client_main, args, log_path) as child:
             result = _measure(
                 server,
                 child.received,
@@ -502,7 +444,7 @@ def connector_only(settings: _Settings, items: int) -> dict[str, Any]:
     with log, server:
         args = (settings.link(server.endpoint, items), str(settings.prism))
         log_path = settings.workdir / f"connector-{items}.log"
-        with _Child(_connector_main, args, log_path) as child:
+        with SpawnedChild(_connector_main, args, log_path) as child:
             result = _measure(
                 server,
                 child.received,
@@ -891,10 +833,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for line in result["link_losses"]["lines"]:
             print(f"link lost ({row[0]}, {row[1]:,} items): {line}")
     results["goals"] = _goals(results["runs"])
-    print("\n".join(results["goals"]))
-    print(f"({time.monotonic() - started:.0f} s in all)", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+    print_goals(results["goals"], started)
+    write_results(args.json, results)
     return results
 
 

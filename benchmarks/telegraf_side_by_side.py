@@ -91,8 +91,10 @@ from benchmarks._measure import (
     load_average,
     machine,
     machine_busy_seconds,
+    print_goals,
     private_mosquitto,
     tail,
+    write_results,
 )
 from benchmarks.mqtt_to_kafka import _payloads
 from data_ingestion import stack
@@ -1092,10 +1094,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(markdown(results))
     results["goals"] = goals(results)
-    print("\n".join(results["goals"]))
-    print(f"({time.monotonic() - started:.0f} s in all)", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+    print_goals(results["goals"], started)
+    write_results(args.json, results)
     return results
 
 
